@@ -1,0 +1,125 @@
+//! The `Authorization` header → a presented credential. Bounded, never panics.
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::token::Credential;
+
+/// Longest `Authorization` value we look at; anything longer cannot be a credential.
+const MAX_AUTHORIZATION_LEN: usize = 256;
+
+/// What the client presented.
+#[derive(Debug)]
+pub enum Presented<'a> {
+    /// No `Authorization` header, or another scheme (answers `AUTH_MISSING`).
+    Missing,
+    /// The `ApiKey` scheme with something that is not `<id>:<secret>` (`AUTH_INVALID`).
+    Unparsable,
+    /// A well-formed credential, still to be verified.
+    Credential(Credential<'a>),
+}
+
+/// More than one `Authorization` header (answers `REQ_MALFORMED`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct MultipleAuthorization;
+
+/// Reads the `Authorization` header(s).
+pub fn presented(headers: &HeaderMap) -> Result<Presented<'_>, MultipleAuthorization> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(Presented::Missing);
+    };
+    if values.next().is_some() {
+        return Err(MultipleAuthorization);
+    }
+    Ok(parse(value.as_bytes()))
+}
+
+/// Parses one header value: scheme `ApiKey` (any case), one or more spaces, `<id>:<secret>`.
+pub fn parse(value: &[u8]) -> Presented<'_> {
+    const SCHEME: &[u8] = b"apikey";
+    if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return Presented::Missing;
+    }
+    let rest = &value[SCHEME.len()..];
+    let credential = match rest.iter().position(|&b| b != b' ') {
+        // "ApiKeyX…" is another scheme; "ApiKey" alone is the scheme with nothing.
+        Some(0) => return Presented::Missing,
+        Some(n) => &rest[n..],
+        None => return Presented::Unparsable,
+    };
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Presented::Unparsable;
+    }
+    // Trailing whitespace is trimmed by the HTTP layer; anything else must parse exactly.
+    match Credential::parse(credential) {
+        Some(c) => Presented::Credential(c),
+        None => Presented::Unparsable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const GOOD: &str = "SU-160-984-311:f45bee7e79b10ff6eff67902ccb4f3d46724ceb8";
+
+    fn kind(v: &str) -> &'static str {
+        match parse(v.as_bytes()) {
+            Presented::Missing => "missing",
+            Presented::Unparsable => "unparsable",
+            Presented::Credential(_) => "credential",
+        }
+    }
+
+    #[test]
+    fn schemes_and_spacing() {
+        let cases = [
+            (format!("ApiKey {GOOD}"), "credential"),
+            (format!("apikey {GOOD}"), "credential"),
+            (format!("APIKEY {GOOD}"), "credential"),
+            (format!("ApiKey    {GOOD}"), "credential"),
+            (format!("ApiKey{GOOD}"), "missing"),
+            (format!("ApiKey\t{GOOD}"), "missing"),
+            (format!("Bearer {GOOD}"), "missing"),
+            (format!("Basic {GOOD}"), "missing"),
+            ("ApiKey".to_string(), "missing"),
+            ("ApiKey ".to_string(), "unparsable"),
+            ("".to_string(), "missing"),
+            ("ApiKey SU-160-984-311".to_string(), "unparsable"),
+            ("ApiKey SU-160-984-311:".to_string(), "unparsable"),
+            (format!("ApiKey {GOOD} extra"), "unparsable"),
+            (format!("ApiKey {GOOD}{}", "0".repeat(300)), "unparsable"),
+            (format!("ApiKey {}", GOOD.replace(':', "")), "unparsable"),
+            (format!("ApiKey  {}", GOOD.to_uppercase()), "unparsable"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(kind(&v), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn multiple_headers_are_malformed() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(presented(&h), Ok(Presented::Missing)));
+        h.append(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("ApiKey {GOOD}")).unwrap(),
+        );
+        assert!(matches!(presented(&h), Ok(Presented::Credential(_))));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(presented(&h).err(), Some(MultipleAuthorization));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        for len in 0..80 {
+            for fill in [0u8, b' ', b'a', b':', 0xff] {
+                let mut v = b"ApiKey ".to_vec();
+                v.resize(len, fill);
+                let _ = parse(&v);
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The error enum of both listeners and the ONE mapping to status code, `error_code`
+//! and JSON body.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// Which kind of upstream failure (the `kind` label of `keygate_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Could not connect (refused, unreachable, DNS, TLS handshake).
+    Connect,
+    /// No answer within the module's timeout.
+    Timeout,
+    /// The connection broke or the answer was not HTTP.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// Who caused an error: decides the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something wrong (debug).
+    Client,
+    /// The upstream or the store failed (warn).
+    Upstream,
+    /// A bug or resource problem on our side (error).
+    Internal,
+}
+
+/// Every error a client can be answered with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// Path or headers malformed.
+    #[error("{0}")]
+    Malformed(String),
+    /// No ApiKey credential.
+    #[error("an Authorization header with the ApiKey scheme is required")]
+    AuthMissing,
+    /// Store down and the token not cached.
+    #[error("the token store is unavailable; try again later")]
+    StoreUnavailable,
+    /// Unparsable credential, unknown id or wrong secret: one answer for all three.
+    #[error("the API key is not valid")]
+    AuthInvalid,
+    /// Disabled token.
+    #[error("the API token is disabled")]
+    AuthDisabled,
+    /// Expired token.
+    #[error("the API token has expired")]
+    AuthExpired,
+    /// No module for the path.
+    #[error("no module serves this path")]
+    RouteNotFound,
+    /// Token lacks the module.
+    #[error("the API token is not permitted for this module")]
+    PermDenied,
+    /// Body over the module's limit (proxy).
+    #[error("the request body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+    /// Upstream refused, reset or unreachable.
+    #[error("the upstream service is unavailable")]
+    UpstreamUnavailable(UpstreamFailure),
+    /// Upstream too slow.
+    #[error("the upstream service did not answer in time")]
+    UpstreamTimeout,
+    /// Admin input invalid (field or parameter named in the text).
+    #[error("{0}")]
+    Validation(String),
+    /// Admin body over 64 KiB.
+    #[error("the request body exceeds {0} bytes")]
+    AdminBodyTooLarge(usize),
+    /// Granting or touching more than the caller holds.
+    #[error("{0}")]
+    PermEscalation(String),
+    /// No such token.
+    #[error("token {0} does not exist")]
+    TokenNotFound(String),
+    /// A token may not disable or delete itself.
+    #[error("a token cannot {0} itself")]
+    SelfLockout(&'static str),
+    /// Renew of a perpetual token.
+    #[error("a perpetual token cannot be renewed")]
+    NotRenewable,
+    /// Unknown admin route.
+    #[error("no such route")]
+    NotFound,
+    /// Wrong method on an admin route.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Our own failure.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The one mapping: status, `error_code`, and who caused it.
+    pub fn parts(&self) -> (StatusCode, &'static str, Source) {
+        use ApiError::*;
+        match self {
+            Malformed(_) => (StatusCode::BAD_REQUEST, "REQ_MALFORMED", Source::Client),
+            AuthMissing => (StatusCode::UNAUTHORIZED, "AUTH_MISSING", Source::Client),
+            StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                Source::Upstream,
+            ),
+            AuthInvalid => (StatusCode::UNAUTHORIZED, "AUTH_INVALID", Source::Client),
+            AuthDisabled => (StatusCode::UNAUTHORIZED, "AUTH_DISABLED", Source::Client),
+            AuthExpired => (StatusCode::UNAUTHORIZED, "AUTH_EXPIRED", Source::Client),
+            RouteNotFound => (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", Source::Client),
+            PermDenied => (StatusCode::FORBIDDEN, "PERM_DENIED", Source::Client),
+            BodyTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                Source::Client,
+            ),
+            UpstreamUnavailable(_) => (
+                StatusCode::BAD_GATEWAY,
+                "UPSTREAM_UNAVAILABLE",
+                Source::Upstream,
+            ),
+            UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UPSTREAM_TIMEOUT",
+                Source::Upstream,
+            ),
+            Validation(_) => (StatusCode::BAD_REQUEST, "VALIDATION", Source::Client),
+            AdminBodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "VALIDATION", Source::Client),
+            PermEscalation(_) => (StatusCode::FORBIDDEN, "PERM_ESCALATION", Source::Client),
+            TokenNotFound(_) => (StatusCode::NOT_FOUND, "TOKEN_NOT_FOUND", Source::Client),
+            SelfLockout(_) => (StatusCode::CONFLICT, "SELF_LOCKOUT", Source::Client),
+            NotRenewable => (StatusCode::CONFLICT, "NOT_RENEWABLE", Source::Client),
+            NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", Source::Client),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                Source::Client,
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                Source::Internal,
+            ),
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The `error_code`.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The JSON body `{"error_code": "...", "errors": ["..."]}`.
+    pub fn body(&self) -> Bytes {
+        let body = serde_json::json!({
+            "error_code": self.code(),
+            "errors": [self.to_string()],
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// The whole response.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut res = Response::new(Full::new(self.body()));
+        *res.status_mut() = self.status();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if *self == ApiError::AuthMissing {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let b = ApiError::PermDenied.body();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error_code"], "PERM_DENIED");
+        assert!(v["errors"][0].as_str().unwrap().contains("not permitted"));
+    }
+
+    #[test]
+    fn invalid_credentials_share_one_answer() {
+        // Unknown id, wrong secret and unparsable credential must be indistinguishable.
+        let e = ApiError::AuthInvalid;
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(e.code(), "AUTH_INVALID");
+    }
+}

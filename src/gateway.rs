@@ -1,0 +1,240 @@
+//! The request path on the proxy listener, one named step after another:
+//! request_filter (target + path) → authenticate → authorize → forward → log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use jiff::Timestamp;
+
+use crate::auth::{self, Presented};
+use crate::config::Config;
+use crate::error::{ApiError, Source};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::proxy::{self, Forward, ResBody, Upstreams};
+use crate::routes::{self, RouteTable};
+use crate::server::ConnInfo;
+use crate::store::{AuthEntry, Lookup, Store, TokenCache};
+use crate::token::TokenId;
+
+/// What one configuration generation derives: swapped whole on reload.
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: Config,
+    /// Prefix → module index.
+    pub routes: RouteTable,
+    /// Module names as header values, by module index.
+    pub module_names: Vec<HeaderValue>,
+    /// Extension names as header values, by extension index.
+    pub extension_names: Vec<HeaderValue>,
+    /// Upstream client pool.
+    pub upstreams: Upstreams,
+}
+
+impl Runtime {
+    /// Derives the runtime tables from `config`.
+    pub fn new(config: Config) -> Runtime {
+        let header =
+            |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("invalid"));
+        Runtime {
+            routes: config.route_table(),
+            module_names: config.modules.iter().map(|m| header(&m.name)).collect(),
+            extension_names: config.extensions.iter().map(|e| header(&e.name)).collect(),
+            upstreams: Upstreams::new(),
+            config,
+        }
+    }
+}
+
+/// State shared by every request.
+pub struct Shared {
+    /// The current configuration generation.
+    pub runtime: arc_swap::ArcSwap<Runtime>,
+    /// The token store.
+    pub store: Store,
+    /// The token cache.
+    pub cache: Arc<TokenCache>,
+    /// Request id generator.
+    pub request_ids: RequestIds,
+}
+
+/// Generates request ids: a random per-process prefix and a counter (unique, cheap).
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        RequestIds {
+            prefix: u64::from_le_bytes(b),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// The next id, e.g. `5f0c1e9a2b7d4c3e-1a`.
+    pub fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let s = format!("{:016x}-{n:x}", self.prefix);
+        HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown"))
+    }
+}
+
+/// What the log line (and the counters) need to know about a request.
+#[derive(Default)]
+struct Record {
+    token: Option<TokenId>,
+    module: Option<usize>,
+    path: Option<String>,
+}
+
+/// Handles one request on the proxy listener. Never fails: every error is a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<ResBody> {
+    let started = Instant::now();
+    let request_id =
+        headers::client_request_id(req.headers()).unwrap_or_else(|| shared.request_ids.next());
+    let method = req.method().clone();
+    let rt = shared.runtime.load_full();
+    let mut rec = Record::default();
+
+    let result = process(&shared, &rt, req, &conn, &mut rec).await;
+    let (mut res, error) = match result {
+        Ok(res) => (res, None),
+        Err(e) => (e.to_response().map(Either::Left), Some(e)),
+    };
+    res.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+
+    let module = rec
+        .module
+        .and_then(|i| rt.config.modules.get(i))
+        .map_or("none", |m| m.name.as_str());
+    let token = rec.token.map(|t| t.to_string());
+    let status = res.status().as_u16();
+    let latency_us = started.elapsed().as_micros() as u64;
+    let path = rec.path.as_deref().unwrap_or("-");
+    let request_id = request_id.to_str().unwrap_or("-");
+    match error.as_ref().map(|e| (e, e.parts().2)) {
+        Some((e, Source::Upstream | Source::Internal)) => tracing::warn!(
+            request_id, token = token.as_deref().unwrap_or("-"), module, method = %method, path,
+            status, latency_us, error_code = e.code(), "request"
+        ),
+        Some((e, Source::Client)) => tracing::info!(
+            request_id, token = token.as_deref().unwrap_or("-"), module, method = %method, path,
+            status, latency_us, error_code = e.code(), "request"
+        ),
+        None => tracing::info!(
+            request_id, token = token.as_deref().unwrap_or("-"), module, method = %method, path,
+            status, latency_us, "request"
+        ),
+    }
+    res
+}
+
+async fn process(
+    shared: &Shared,
+    rt: &Runtime,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    rec: &mut Record,
+) -> Result<Response<ResBody>, ApiError> {
+    // request_filter: origin-form target, canonical path.
+    let path = request_filter(&req)?;
+    rec.path = Some(path.clone());
+
+    // authenticate
+    let entry = authenticate(shared, rt, &req).await?;
+    rec.token = Some(entry.id);
+    let now = Timestamp::now().as_second();
+    if entry.disabled {
+        return Err(ApiError::AuthDisabled);
+    }
+    if entry.expired(now) {
+        return Err(ApiError::AuthExpired);
+    }
+
+    // authorize: upstream_peer
+    let module_index = rt.routes.lookup(&path).ok_or(ApiError::RouteNotFound)?;
+    rec.module = Some(module_index);
+    if !entry.perms.allows(module_index) {
+        return Err(ApiError::PermDenied);
+    }
+    let (Some(module), Some(module_name)) = (
+        rt.config.modules.get(module_index),
+        rt.module_names.get(module_index),
+    ) else {
+        return Err(ApiError::Internal);
+    };
+    let extension_name = rt
+        .extension_names
+        .get(usize::from(entry.extension))
+        .or_else(|| rt.extension_names.first())
+        .ok_or(ApiError::Internal)?;
+
+    // upstream_request_filter + forward + response_filter
+    proxy::forward(
+        &rt.upstreams,
+        Forward {
+            module,
+            module_name,
+            extension_name,
+            entry: &entry,
+            path,
+            conn,
+        },
+        req,
+    )
+    .await
+}
+
+/// Rejects targets that are not origin-form and returns the normalised path.
+fn request_filter(req: &Request<Incoming>) -> Result<String, ApiError> {
+    let uri = req.uri();
+    // HTTP/2 requests always carry :scheme and :authority; in HTTP/1 those mean
+    // absolute-form, which a gateway (not a forward proxy) refuses.
+    let absolute =
+        req.version() < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some());
+    if req.method() == Method::CONNECT || absolute {
+        return Err(ApiError::Malformed(
+            "the request target must be in origin form (/path?query)".into(),
+        ));
+    }
+    routes::normalize_path(uri.path()).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+/// Checks the credential: the header, the token, the secret.
+async fn authenticate(
+    shared: &Shared,
+    rt: &Runtime,
+    req: &Request<Incoming>,
+) -> Result<Arc<AuthEntry>, ApiError> {
+    let (id, hash) = match auth::presented(req.headers()) {
+        Err(_) => {
+            return Err(ApiError::Malformed(
+                "more than one Authorization header".into(),
+            ));
+        }
+        Ok(Presented::Missing) => return Err(ApiError::AuthMissing),
+        Ok(Presented::Unparsable) => return Err(ApiError::AuthInvalid),
+        Ok(Presented::Credential(c)) => (c.id, c.secret_hash()),
+    };
+    let entry = match shared.cache.lookup(id, &shared.store, &rt.config).await {
+        Lookup::Found(e) => e,
+        Lookup::Unknown => return Err(ApiError::AuthInvalid),
+        Lookup::Unavailable => return Err(ApiError::StoreUnavailable),
+    };
+    if !entry.verify(&hash, Timestamp::now().as_second()) {
+        return Err(ApiError::AuthInvalid);
+    }
+    Ok(entry)
+}

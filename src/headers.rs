@@ -1,0 +1,198 @@
+//! Header hygiene: hop-by-hop removal (RFC 9110 §7.6.1), `x-keygate-*` stripping,
+//! and the `X-Request-Id` rule.
+
+use http::header::{CONNECTION, HeaderName, TE};
+use http::{HeaderMap, HeaderValue};
+
+/// Hop-by-hop headers always removed (RFC 9110 §7.6.1 plus the legacy ones).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Longest `X-Request-Id` kept from a client.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The `x-request-id` header name.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Token id injected upstream.
+pub const X_KEYGATE_TOKEN_ID: HeaderName = HeaderName::from_static("x-keygate-token-id");
+/// Extension name injected upstream.
+pub const X_KEYGATE_EXTENSION: HeaderName = HeaderName::from_static("x-keygate-extension");
+/// Module name injected upstream.
+pub const X_KEYGATE_MODULE: HeaderName = HeaderName::from_static("x-keygate-module");
+/// External id injected upstream when the token has one.
+pub const X_KEYGATE_EXTERNAL_ID: HeaderName = HeaderName::from_static("x-keygate-external-id");
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers: the fixed list, every header named in any `Connection`
+/// line, and `TE` unless it is exactly `trailers` (the one value a proxy may pass on).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection (all lines, all comma-separated tokens; §7.6.1).
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name != TE {
+                remove_all(headers, &name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        remove_all(headers, name);
+    }
+    let te_ok = {
+        let mut values = headers.get_all(TE).iter();
+        match (values.next(), values.next()) {
+            (None, _) => true,
+            (Some(v), None) => v.as_bytes().eq_ignore_ascii_case(b"trailers"),
+            _ => false,
+        }
+    };
+    if !te_ok {
+        remove_all(headers, TE);
+    }
+}
+
+/// Removes every header whose name starts with `x-keygate-`.
+pub fn strip_keygate(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().starts_with("x-keygate-")) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-keygate-"))
+        .cloned()
+        .collect();
+    for name in names {
+        remove_all(headers, &name);
+    }
+}
+
+/// `HeaderMap::remove` drops every value of the name, but keep the intent explicit:
+/// a header repeated on several lines must disappear entirely.
+fn remove_all<K: http::header::AsHeaderName>(headers: &mut HeaderMap, name: K) {
+    let _ = headers.remove(name);
+}
+
+/// The client's `X-Request-Id` if there is exactly one and it is sane
+/// (1–128 visible ASCII characters).
+pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    let v = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let b = v.as_bytes();
+    (!b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| (0x21..=0x7e).contains(c)))
+        .then(|| v.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_table() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[("connection", "close"), ("accept", "*/*")], &["accept"]),
+            (&[("keep-alive", "timeout=5"), ("x-a", "1")], &["x-a"]),
+            (&[("proxy-connection", "keep-alive")], &[]),
+            (
+                &[
+                    ("proxy-authorization", "Basic x"),
+                    ("authorization", "ApiKey y"),
+                ],
+                &["authorization"],
+            ),
+            (
+                &[("upgrade", "websocket"), ("transfer-encoding", "chunked")],
+                &[],
+            ),
+            // Every name in every Connection line goes.
+            (
+                &[
+                    ("connection", "x-a, X-B"),
+                    ("connection", "x-c"),
+                    ("x-a", "1"),
+                    ("x-b", "2"),
+                    ("x-c", "3"),
+                    ("x-d", "4"),
+                ],
+                &["x-d"],
+            ),
+            // TE: trailers is the one value that stays, even when Connection names it.
+            (&[("te", "trailers"), ("connection", "te")], &["te"]),
+            (&[("te", "gzip")], &[]),
+            (&[("te", "trailers"), ("te", "gzip")], &[]),
+            // Junk in Connection is ignored, not a panic.
+            (
+                &[("connection", ",,, ,bad header name,"), ("x-a", "1")],
+                &["x-a"],
+            ),
+        ];
+        for (input, want) in cases {
+            let mut h = map(input);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(names(&h), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn keygate_headers_are_stripped() {
+        let mut h = map(&[
+            ("x-keygate-token-id", "SU-000-000-001"),
+            ("X-Keygate-Module", "x"),
+            ("x-keygate-anything", "1"),
+            ("x-keygate-token-id", "again"),
+            ("x-keygatex", "kept"),
+            ("accept", "*/*"),
+        ]);
+        strip_keygate(&mut h);
+        assert_eq!(names(&h), ["accept", "x-keygatex"]);
+    }
+
+    #[test]
+    fn request_id_sanity() {
+        assert!(client_request_id(&map(&[("x-request-id", "abc-123")])).is_some());
+        assert!(client_request_id(&map(&[("x-request-id", &"a".repeat(128))])).is_some());
+        assert!(client_request_id(&map(&[("x-request-id", &"a".repeat(129))])).is_none());
+        assert!(client_request_id(&map(&[("x-request-id", "has space")])).is_none());
+        assert!(client_request_id(&map(&[("x-request-id", "")])).is_none());
+        assert!(client_request_id(&map(&[("x-request-id", "a"), ("x-request-id", "b")])).is_none());
+        assert!(client_request_id(&map(&[])).is_none());
+    }
+}

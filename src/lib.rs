@@ -1,0 +1,168 @@
+//! keygate: an authenticating reverse-proxy gateway.
+//!
+//! `main.rs` parses the command line and calls [`Gateway::start`] and [`Gateway::run`];
+//! tests do the same with listeners bound to `127.0.0.1:0`.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use tokio::net::TcpListener;
+
+use crate::config::{Backend, Config};
+use crate::gateway::{RequestIds, Runtime, Shared};
+use crate::server::Limits;
+use crate::store::{EmbeddedStore, Store, TokenCache};
+use crate::tokens::Tokens;
+
+/// The two bound listeners.
+pub struct Listeners {
+    /// Proxy listener.
+    pub proxy: TcpListener,
+    /// Admin listener.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            proxy: TcpListener::bind(config.proxy.listen).await?,
+            admin: TcpListener::bind(config.admin.listen).await?,
+        })
+    }
+}
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or read.
+    #[error("{0}")]
+    Store(String),
+    /// The bootstrap token or its key file could not be made.
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// A gateway whose store is open and whose cache is loaded.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    tokens: Tokens,
+}
+
+impl Gateway {
+    /// Opens the store, loads the cache and creates the bootstrap admin token if needed.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let store = match &config.store.backend {
+            Backend::Embedded { path } => {
+                let path = path.clone();
+                let s = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
+                    .await
+                    .map_err(|e| StartError::Store(e.to_string()))?
+                    .map_err(|e| StartError::Store(e.to_string()))?;
+                Store::Embedded(Arc::new(s))
+            }
+            Backend::Redis { .. } => {
+                return Err(StartError::Store(
+                    "store.backend = \"redis\" is not available in this build yet".into(),
+                ));
+            }
+        };
+        let cache = Arc::new(TokenCache::new(store.is_exclusive()));
+        if store.is_exclusive() {
+            let all = store
+                .list()
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            cache.load_all(&all, &config);
+        }
+        let tokens = Tokens::new(store.clone(), Arc::clone(&cache));
+        match tokens
+            .bootstrap(&config.admin.bootstrap_key_file, &config, Timestamp::now())
+            .await
+            .map_err(StartError::Bootstrap)?
+        {
+            Some(id) => tracing::info!(
+                token = %id,
+                key_file = %config.admin.bootstrap_key_file.display(),
+                "created the bootstrap admin token; its key is in the key file"
+            ),
+            None => tracing::debug!("an admin token exists; no bootstrap needed"),
+        }
+        let shared = Arc::new(Shared {
+            runtime: arc_swap::ArcSwap::from_pointee(Runtime::new(config)),
+            store,
+            cache,
+            request_ids: RequestIds::default(),
+        });
+        Ok(Gateway { shared, tokens })
+    }
+
+    /// Token operations on this gateway's store and cache.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Runtime> {
+        self.shared.runtime.load_full()
+    }
+
+    /// Serves both listeners until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let rt = self.shared.runtime.load_full();
+        let p = &rt.config.proxy;
+        let limits = Limits {
+            max_connections: p.max_connections,
+            header_read_timeout: p.header_read_timeout,
+            idle_timeout: p.idle_timeout,
+            max_header_bytes: p.max_header_bytes,
+            drain_timeout: p.drain_timeout,
+        };
+        let admin_limits = Limits {
+            max_connections: 256,
+            ..limits.clone()
+        };
+        drop(rt);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let proxy_shared = Arc::clone(&self.shared);
+        let proxy = tokio::spawn(server::serve(
+            listeners.proxy,
+            limits,
+            move |req, conn| gateway::handle(Arc::clone(&proxy_shared), req, conn),
+            stopped(stop_rx.clone()),
+        ));
+        let admin_shared = Arc::clone(&self.shared);
+        let admin = tokio::spawn(server::serve(
+            listeners.admin,
+            admin_limits,
+            move |req, conn| admin::handle(Arc::clone(&admin_shared), req, conn),
+            stopped(stop_rx),
+        ));
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = proxy.await;
+        let _ = admin.await;
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,300 @@
+//! The embedded store: one redb file, ACID, for a single instance.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use crate::token::{Token, TokenId};
+
+/// id → token JSON.
+const TOKENS: TableDefinition<u32, &[u8]> = TableDefinition::new("tokens");
+/// Ids of deleted tokens, so they are never reused.
+const RETIRED: TableDefinition<u32, ()> = TableDefinition::new("retired_ids");
+
+/// (id, day number) → counts `[2xx, 3xx, 4xx, 5xx]`.
+const COUNTS: TableDefinition<(u32, i32), [u64; 4]> = TableDefinition::new("day_counts");
+/// id → last use (Unix seconds).
+const LAST_USED: TableDefinition<u32, i64> = TableDefinition::new("last_used");
+/// (id, sequence) → event JSON.
+const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
+
+/// A redb database holding the token table.
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode(bytes: &[u8]) -> StoreResult<Token> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode(token: &Token) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(token).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file, creating its parent directory.
+    pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(TOKENS).map_err(unavailable)?;
+        txn.open_table(RETIRED).map_err(unavailable)?;
+        txn.open_table(COUNTS).map_err(unavailable)?;
+        txn.open_table(LAST_USED).map_err(unavailable)?;
+        txn.open_table(EVENTS).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db })
+    }
+
+    /// One token.
+    pub fn get(&self, id: TokenId) -> StoreResult<Option<Token>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(TOKENS).map_err(unavailable)?;
+        let last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
+        match table.get(id.number()).map_err(unavailable)? {
+            Some(v) => {
+                let mut t = decode(v.value())?;
+                fill_last_used(&mut t, &last_used)?;
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every token.
+    pub fn list(&self) -> StoreResult<Vec<Token>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(TOKENS).map_err(unavailable)?;
+        let last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(unavailable)? {
+            let (_, v) = row.map_err(unavailable)?;
+            let mut t = decode(v.value())?;
+            fill_last_used(&mut t, &last_used)?;
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    /// Inserts a token whose id was never used.
+    pub fn insert(&self, token: &Token) -> StoreResult<bool> {
+        let bytes = encode(token)?;
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let retired = txn.open_table(RETIRED).map_err(unavailable)?;
+            if retired
+                .get(token.id.number())
+                .map_err(unavailable)?
+                .is_some()
+            {
+                return Ok(false);
+            }
+            let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
+            if table.get(token.id.number()).map_err(unavailable)?.is_some() {
+                return Ok(false);
+            }
+            table
+                .insert(token.id.number(), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// Compare-and-swap on `version`.
+    pub fn replace(&self, token: &Token, expected_version: u64) -> StoreResult<bool> {
+        let bytes = encode(token)?;
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
+            let current = match table.get(token.id.number()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(false),
+            };
+            if current.version != expected_version {
+                return Ok(false);
+            }
+            table
+                .insert(token.id.number(), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// Deletes a token and retires its id.
+    pub fn delete(&self, id: TokenId) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        let existed = {
+            let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
+            let existed = table.remove(id.number()).map_err(unavailable)?.is_some();
+            let mut retired = txn.open_table(RETIRED).map_err(unavailable)?;
+            retired.insert(id.number(), ()).map_err(unavailable)?;
+            let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
+            last_used.remove(id.number()).map_err(unavailable)?;
+            existed
+        };
+        txn.commit().map_err(unavailable)?;
+        Ok(existed)
+    }
+
+    /// Inserts the bootstrap token unless an active admin exists; one transaction.
+    pub fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+        let bytes = encode(token)?;
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
+            let mut existing = Vec::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                existing.push(decode(v.value())?);
+            }
+            if has_active_admin(&existing, token.created_at) {
+                return Ok(false);
+            }
+            table
+                .insert(token.id.number(), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+}
+
+fn fill_last_used(t: &mut Token, table: &impl ReadableTable<u32, i64>) -> StoreResult<()> {
+    if let Some(v) = table.get(t.id.number()).map_err(unavailable)? {
+        t.last_used_at = jiff::Timestamp::from_second(v.value()).ok();
+    }
+    Ok(())
+}
+
+impl EmbeddedStore {
+    /// Adds day counts in one transaction.
+    pub fn add_counts(&self, batch: &[(TokenId, i32, ClassCounts)]) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(COUNTS).map_err(unavailable)?;
+            for (id, day, add) in batch {
+                let key = (id.number(), *day);
+                let mut cur = table
+                    .get(key)
+                    .map_err(unavailable)?
+                    .map_or([0; 4], |v| v.value());
+                for (c, a) in cur.iter_mut().zip(add) {
+                    *c = c.saturating_add(*a);
+                }
+                table.insert(key, cur).map_err(unavailable)?;
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    /// Day counts of one token in `from..=to`.
+    pub fn counts(&self, id: TokenId, from: i32, to: i32) -> StoreResult<Vec<(i32, ClassCounts)>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(COUNTS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        for row in table
+            .range((id.number(), from)..=(id.number(), to))
+            .map_err(unavailable)?
+        {
+            let (k, v) = row.map_err(unavailable)?;
+            out.push((k.value().1, v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes day counts older than `before`.
+    pub fn prune_counts(&self, before: i32) -> StoreResult<u64> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        let mut removed = 0u64;
+        {
+            let mut table = txn.open_table(COUNTS).map_err(unavailable)?;
+            table
+                .retain(|k, _| {
+                    let keep = k.1 >= before;
+                    if !keep {
+                        removed += 1;
+                    }
+                    keep
+                })
+                .map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(removed)
+    }
+
+    /// Records last-use times (the later one wins).
+    pub fn set_last_used(&self, updates: &[(TokenId, jiff::Timestamp)]) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            let mut table = txn.open_table(LAST_USED).map_err(unavailable)?;
+            for (id, at) in updates {
+                // A token deleted meanwhile gets no row.
+                if tokens.get(id.number()).map_err(unavailable)?.is_none() {
+                    continue;
+                }
+                let cur = table
+                    .get(id.number())
+                    .map_err(unavailable)?
+                    .map(|v| v.value());
+                let at = at.as_second();
+                if cur.is_none_or(|c| c < at) {
+                    table.insert(id.number(), at).map_err(unavailable)?;
+                }
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    /// Appends an event.
+    pub fn append_event(&self, id: TokenId, event: &Event) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(unavailable)?;
+            let next = table
+                .range((id.number(), 0)..=(id.number(), u64::MAX))
+                .map_err(unavailable)?
+                .next_back()
+                .transpose()
+                .map_err(unavailable)?
+                .map_or(0, |(k, _)| k.value().1 + 1);
+            table
+                .insert((id.number(), next), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    /// A token's events, oldest first.
+    pub fn events(&self, id: TokenId) -> StoreResult<Vec<Event>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(EVENTS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((id.number(), 0)..=(id.number(), u64::MAX))
+            .map_err(unavailable)?
+        {
+            let (_, v) = row.map_err(unavailable)?;
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+}

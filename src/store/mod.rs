@@ -1,0 +1,208 @@
+//! The token store: one interface, two backends (embedded redb, Redis).
+//!
+//! Enum dispatch instead of a trait object: async methods stay plain `async fn`,
+//! and the conformance tests run the same calls against both backends.
+
+pub mod cache;
+pub mod embedded;
+
+use std::sync::Arc;
+
+use crate::token::{Token, TokenId};
+
+pub use cache::{AuthEntry, Lookup, PermSet, TokenCache};
+pub use embedded::EmbeddedStore;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or failed to answer.
+    #[error("token store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data does not decode (a bug or a foreign writer).
+    #[error("token store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The configured store.
+#[derive(Clone)]
+pub enum Store {
+    /// redb file.
+    Embedded(Arc<EmbeddedStore>),
+}
+
+impl Store {
+    /// Whether every change goes through this process, so the cache can hold every token
+    /// and an id missing from it is unknown without asking the store.
+    pub fn is_exclusive(&self) -> bool {
+        match self {
+            Store::Embedded(_) => true,
+        }
+    }
+
+    /// Checks that the store answers.
+    pub async fn ping(&self) -> StoreResult<()> {
+        match self {
+            Store::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// One token.
+    pub async fn get(&self, id: TokenId) -> StoreResult<Option<Token>> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.get(id)).await,
+        }
+    }
+
+    /// Every token (unordered).
+    pub async fn list(&self) -> StoreResult<Vec<Token>> {
+        match self {
+            Store::Embedded(s) => blocking(s, |s| s.list()).await,
+        }
+    }
+
+    /// Inserts a new token; `false` if its id is taken or was ever used.
+    pub async fn insert(&self, token: &Token) -> StoreResult<bool> {
+        let token = token.clone();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.insert(&token)).await,
+        }
+    }
+
+    /// Replaces a token if its stored version is still `expected_version`
+    /// (optimistic concurrency); `false` if it changed or vanished meanwhile.
+    pub async fn replace(&self, token: &Token, expected_version: u64) -> StoreResult<bool> {
+        let token = token.clone();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.replace(&token, expected_version)).await,
+        }
+    }
+
+    /// Deletes a token; its id is never handed out again. `false` if it did not exist.
+    pub async fn delete(&self, id: TokenId) -> StoreResult<bool> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.delete(id)).await,
+        }
+    }
+
+    /// Atomically inserts `token` unless an active token with the admin permission
+    /// exists at `now`; `true` if it was inserted.
+    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+        let token = token.clone();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.insert_bootstrap(&token)).await,
+        }
+    }
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<S, T, F>(store: &Arc<S>, f: F) -> StoreResult<T>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+    F: FnOnce(&S) -> StoreResult<T> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+/// Whether an active token with admin rights exists among `tokens` at `now`.
+pub fn has_active_admin<'a>(
+    tokens: impl IntoIterator<Item = &'a Token>,
+    now: jiff::Timestamp,
+) -> bool {
+    tokens.into_iter().any(|t| {
+        t.status(now) == crate::token::Status::Active
+            && t.has_permission(crate::config::ADMIN_MODULE)
+    })
+}
+
+/// Response counts of one token on one UTC day, by class: `[2xx, 3xx, 4xx, 5xx]`.
+pub type ClassCounts = [u64; 4];
+
+/// One audit event of a token (never holds a secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Event {
+    /// When.
+    pub at: jiff::Timestamp,
+    /// Who: the token that made the change (`None` = keygate itself, e.g. bootstrap).
+    pub actor: Option<TokenId>,
+    /// What: `created`, `updated`, `disabled`, `enabled`, `rotated`, `renewed`, `deleted`.
+    pub action: String,
+    /// Which fields changed.
+    pub fields: Vec<String>,
+}
+
+/// Days as integers (days since 1970-01-01, UTC) so both backends key them the same way.
+pub fn day_number(date: jiff::civil::Date) -> i32 {
+    let epoch = jiff::civil::date(1970, 1, 1);
+    // Whole days between two valid dates always fit in i32.
+    (date - epoch).get_days()
+}
+
+/// The inverse of [`day_number`].
+pub fn day_from_number(n: i32) -> jiff::civil::Date {
+    let epoch = jiff::civil::date(1970, 1, 1);
+    epoch
+        .checked_add(jiff::Span::new().days(i64::from(n)))
+        .unwrap_or(epoch)
+}
+
+impl Store {
+    /// Adds day counts (increments; commutative, so batches may be retried only if the
+    /// caller knows they were not applied).
+    pub async fn add_counts(&self, batch: &[(TokenId, i32, ClassCounts)]) -> StoreResult<()> {
+        let batch = batch.to_vec();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.add_counts(&batch)).await,
+        }
+    }
+
+    /// The days in `from..=to` (day numbers) that have counts, oldest first.
+    pub async fn counts(
+        &self,
+        id: TokenId,
+        from: i32,
+        to: i32,
+    ) -> StoreResult<Vec<(i32, ClassCounts)>> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.counts(id, from, to)).await,
+        }
+    }
+
+    /// Deletes every day count older than day `before`; returns how many rows went.
+    pub async fn prune_counts(&self, before: i32) -> StoreResult<u64> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.prune_counts(before)).await,
+        }
+    }
+
+    /// Records last use times (keeps the later of stored and given). Kept apart from the
+    /// token record so it never races an edit's compare-and-swap.
+    pub async fn set_last_used(&self, updates: &[(TokenId, jiff::Timestamp)]) -> StoreResult<()> {
+        let updates = updates.to_vec();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.set_last_used(&updates)).await,
+        }
+    }
+
+    /// Appends an audit event to a token's log.
+    pub async fn append_event(&self, id: TokenId, event: &Event) -> StoreResult<()> {
+        let event = event.clone();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.append_event(id, &event)).await,
+        }
+    }
+
+    /// A token's audit events, oldest first.
+    pub async fn events(&self, id: TokenId) -> StoreResult<Vec<Event>> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.events(id)).await,
+        }
+    }
+}

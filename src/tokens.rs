@@ -1,0 +1,366 @@
+//! Token operations shared by the admin API, bootstrap and tests: validation,
+//! creation with a fresh secret, optimistic-concurrency edits, deletion. Every change
+//! goes to the store first, then to this process's cache.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
+use crate::error::ApiError;
+use crate::store::{Store, StoreError, TokenCache};
+use crate::token::{Secret, Token, TokenId};
+
+/// Longest token name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+/// Longest external id, in characters.
+pub const MAX_EXTERNAL_ID_CHARS: usize = 64;
+/// Attempts at a free random id before giving up (a collision needs ~1e9 tokens).
+const ID_ATTEMPTS: usize = 16;
+/// Attempts at a compare-and-swap edit under contention.
+const CAS_ATTEMPTS: usize = 32;
+
+/// When a token expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Never.
+    Perpetual,
+    /// At a fixed time.
+    At(Timestamp),
+    /// After a period from now.
+    In(Duration),
+}
+
+impl Expiry {
+    /// The expiry time and the validity period it stands for, checked to be in the future.
+    pub fn resolve(
+        self,
+        now: Timestamp,
+        field: &str,
+    ) -> Result<(Option<Timestamp>, Option<i64>), ApiError> {
+        match self {
+            Expiry::Perpetual => Ok((None, None)),
+            Expiry::At(t) => {
+                if t <= now {
+                    return Err(ApiError::Validation(format!(
+                        "{field}: must be in the future"
+                    )));
+                }
+                Ok((Some(t), Some(t.as_second() - now.as_second())))
+            }
+            Expiry::In(d) => {
+                if d.is_zero() {
+                    return Err(ApiError::Validation(format!(
+                        "{field}: must be greater than zero"
+                    )));
+                }
+                let signed = SignedDuration::try_from(d)
+                    .map_err(|_| ApiError::Validation(format!("{field}: too long")))?;
+                let at = now
+                    .checked_add(signed)
+                    .map_err(|_| ApiError::Validation(format!("{field}: too long")))?;
+                Ok((Some(at), Some(d.as_secs() as i64)))
+            }
+        }
+    }
+}
+
+/// What a new token is made of.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// External id.
+    pub external_id: Option<String>,
+    /// Extension name (`None` = `custom`).
+    pub extension: Option<String>,
+    /// Module names or `["all"]`.
+    pub permissions: Vec<String>,
+    /// Expiry.
+    pub expiry: Expiry,
+}
+
+/// Checks a name.
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    let n = name.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS || name.trim().is_empty() {
+        return Err(ApiError::Validation(format!(
+            "name: must be 1-{MAX_NAME_CHARS} characters and not blank"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::Validation(
+            "name: must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a description.
+pub fn check_description(d: &str) -> Result<(), ApiError> {
+    if d.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::Validation(format!(
+            "description: must be at most {MAX_DESCRIPTION_CHARS} characters"
+        )));
+    }
+    if d.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::Validation(
+            "description: must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an external id: 1-64 printable ASCII characters, no spaces.
+pub fn check_external_id(e: &str) -> Result<(), ApiError> {
+    if e.is_empty() || e.len() > MAX_EXTERNAL_ID_CHARS || !e.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::Validation(format!(
+            "external_id: must be 1-{MAX_EXTERNAL_ID_CHARS} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an extension name against the catalogue.
+pub fn check_extension(e: &str, config: &Config) -> Result<(), ApiError> {
+    if config.extensions.iter().any(|x| x.name == e) {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(format!(
+            "extension: unknown extension {e:?} (see GET /v1/extensions)"
+        )))
+    }
+}
+
+/// Checks permissions: a non-empty list of configured module names (each once), or
+/// exactly `["all"]`. `integrations` (the admin permission) is always accepted.
+pub fn check_permissions(p: &[String], config: &Config) -> Result<(), ApiError> {
+    if p.is_empty() {
+        return Err(ApiError::Validation(
+            "permissions: must not be empty".into(),
+        ));
+    }
+    if p.iter().any(|x| x == PERMISSION_ALL) {
+        if p.len() != 1 {
+            return Err(ApiError::Validation(
+                "permissions: \"all\" must be the only entry".into(),
+            ));
+        }
+        return Ok(());
+    }
+    for (i, name) in p.iter().enumerate() {
+        if name != ADMIN_MODULE && config.module_index(name).is_none() {
+            return Err(ApiError::Validation(format!(
+                "permissions: unknown module {:?} (see GET /v1/modules)",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        if p[..i].contains(name) {
+            return Err(ApiError::Validation(format!(
+                "permissions: {name:?} is listed twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "token store operation failed");
+    ApiError::StoreUnavailable
+}
+
+/// Token operations on one store and one cache.
+#[derive(Clone)]
+pub struct Tokens {
+    store: Store,
+    cache: Arc<TokenCache>,
+}
+
+impl Tokens {
+    /// Operations on `store`, keeping `cache` current.
+    pub fn new(store: Store, cache: Arc<TokenCache>) -> Tokens {
+        Tokens { store, cache }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a token; returns it with its secret (to be shown once).
+    pub async fn create(
+        &self,
+        new: NewToken,
+        created_by: Option<TokenId>,
+        config: &Config,
+        now: Timestamp,
+    ) -> Result<(Token, Secret), ApiError> {
+        check_name(&new.name)?;
+        check_description(&new.description)?;
+        if let Some(e) = &new.external_id {
+            check_external_id(e)?;
+        }
+        let extension = new.extension.unwrap_or_else(|| "custom".into());
+        check_extension(&extension, config)?;
+        check_permissions(&new.permissions, config)?;
+        let (expires_at, validity_secs) = new.expiry.resolve(now, "expires")?;
+        let secret = Secret::generate();
+        let mut token = Token {
+            id: TokenId::random(),
+            name: new.name,
+            description: new.description,
+            external_id: new.external_id,
+            extension,
+            permissions: new.permissions,
+            disabled: false,
+            expires_at,
+            validity_secs,
+            created_at: now,
+            updated_at: now,
+            created_by,
+            last_used_at: None,
+            secret_hash: secret.hash(),
+            previous_secret: None,
+            version: 1,
+        };
+        for _ in 0..ID_ATTEMPTS {
+            if self.store.insert(&token).await.map_err(store_error)? {
+                self.cache.put(&token, config);
+                return Ok((token, secret));
+            }
+            token.id = TokenId::random();
+        }
+        tracing::error!("no free token id after {ID_ATTEMPTS} attempts");
+        Err(ApiError::Internal)
+    }
+
+    /// One token.
+    pub async fn get(&self, id: TokenId) -> Result<Token, ApiError> {
+        self.store
+            .get(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::TokenNotFound(id.to_string()))
+    }
+
+    /// Every token.
+    pub async fn list(&self) -> Result<Vec<Token>, ApiError> {
+        self.store.list().await.map_err(store_error)
+    }
+
+    /// Applies `change` to the stored token with compare-and-swap, retrying on
+    /// concurrent edits; bumps `version` and `updated_at`.
+    pub async fn modify(
+        &self,
+        id: TokenId,
+        config: &Config,
+        now: Timestamp,
+        mut change: impl FnMut(&mut Token) -> Result<(), ApiError>,
+    ) -> Result<Token, ApiError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let mut token = self.get(id).await?;
+            let expected = token.version;
+            change(&mut token)?;
+            token.version = expected + 1;
+            token.updated_at = now;
+            if self
+                .store
+                .replace(&token, expected)
+                .await
+                .map_err(store_error)?
+            {
+                self.cache.put(&token, config);
+                return Ok(token);
+            }
+        }
+        tracing::warn!(token = %id, "edit lost {CAS_ATTEMPTS} races in a row");
+        Err(ApiError::Internal)
+    }
+
+    /// Deletes a token.
+    pub async fn delete(&self, id: TokenId) -> Result<(), ApiError> {
+        let existed = self.store.delete(id).await.map_err(store_error)?;
+        self.cache.remove(id);
+        if existed {
+            Ok(())
+        } else {
+            Err(ApiError::TokenNotFound(id.to_string()))
+        }
+    }
+
+    /// Creates the bootstrap admin token when the store holds no active token with the
+    /// admin permission, and writes `<id>:<secret>` to `key_file` (mode 0600).
+    /// Returns the new token's id, or `None` when an admin already existed.
+    pub async fn bootstrap(
+        &self,
+        key_file: &Path,
+        config: &Config,
+        now: Timestamp,
+    ) -> Result<Option<TokenId>, String> {
+        let secret = Secret::generate();
+        let token = Token {
+            id: TokenId::random(),
+            name: "bootstrap admin".into(),
+            description: "Created at first start; rotate or replace it.".into(),
+            external_id: None,
+            extension: "custom".into(),
+            permissions: vec![PERMISSION_ALL.into()],
+            disabled: false,
+            expires_at: None,
+            validity_secs: None,
+            created_at: now,
+            updated_at: now,
+            created_by: None,
+            last_used_at: None,
+            secret_hash: secret.hash(),
+            previous_secret: None,
+            version: 1,
+        };
+        let created = self
+            .store
+            .insert_bootstrap(&token)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !created {
+            return Ok(None);
+        }
+        if let Err(e) = write_key_file(key_file, &format!("{}:{}", token.id, secret.expose())) {
+            // Without the file nobody could use the token, and no other would be made.
+            let _ = self.store.delete(token.id).await;
+            return Err(format!("cannot write {}: {e}", key_file.display()));
+        }
+        self.cache.put(&token, config);
+        Ok(Some(token.id))
+    }
+}
+
+/// Writes `content` to `path` with mode 0600, creating the parent directory.
+fn write_key_file(path: &Path, content: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        // An existing file keeps its old mode on open; tighten it.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
