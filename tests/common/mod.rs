@@ -1,0 +1,422 @@
+//! Test harness: real sockets on 127.0.0.1 port 0, real upstream servers, a real gateway.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use jiff::Timestamp;
+use keygate::config::Config;
+use keygate::token::TokenId;
+use keygate::tokens::{Expiry, NewToken, Tokens};
+use keygate::{Gateway, Listeners};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    /// Path and query as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+}
+
+/// A real HTTP/1.1 + h2c upstream. Behaviour is chosen by query parameters:
+/// `status=NNN`, `sleep_ms=N` (before answering), `bytes=N` (streamed body of N bytes),
+/// `echo=1` (streams the request body back). Otherwise 200 with body `ok <path>`.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestUpstream {
+    /// Requests seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+    /// The last request.
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().unwrap().last().cloned()
+    }
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn query_param<'a>(q: &'a str, name: &str) -> Option<&'a str> {
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+type UpBody = BoxBody<Bytes, hyper::Error>;
+
+async fn upstream_handle(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<UpBody> {
+    let q = req.uri().query().unwrap_or("").to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    if let Some(ms) = query_param(&q, "sleep_ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = query_param(&q, "status")
+        .and_then(|v| v.parse().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    if query_param(&q, "echo").is_some() {
+        seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            headers,
+            body_len: 0,
+        });
+        let body = req.into_body().boxed();
+        return Response::builder().status(status).body(body).unwrap();
+    }
+    // Drain the body, counting it.
+    let mut body = req.into_body();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    body_len += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        method,
+        target: target.clone(),
+        headers,
+        body_len,
+    });
+    if let Some(n) = query_param(&q, "bytes").and_then(|v| v.parse::<u64>().ok()) {
+        const CHUNK: usize = 64 * 1024;
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        let stream = futures_util::stream::unfold(n, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let take = left.min(CHUNK as u64);
+                Some((
+                    Ok::<_, hyper::Error>(Frame::data(chunk.slice(..take as usize))),
+                    left - take,
+                ))
+            }
+        });
+        return Response::builder()
+            .status(status)
+            .header("content-length", n.to_string())
+            .header("connection", "x-hop")
+            .header("x-hop", "must not reach the client")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap();
+    }
+    Response::builder()
+        .status(status)
+        .header("x-upstream", "yes")
+        .header("keep-alive", "timeout=5")
+        .body(
+            Full::new(Bytes::from(format!("ok {target}")))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+/// Starts a test upstream on 127.0.0.1:0.
+pub async fn spawn_upstream() -> TestUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (stop, mut stop_rx) = oneshot::channel::<()>();
+    let seen2 = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                _ = &mut stop_rx => break,
+            };
+            let seen = Arc::clone(&seen2);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let seen = Arc::clone(&seen);
+                    async move { Ok::<_, Infallible>(upstream_handle(seen, req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TestUpstream {
+        addr,
+        seen,
+        stop: Some(stop),
+    }
+}
+
+/// A `[[modules]]` TOML block.
+pub fn module_toml(name: &str, prefixes: &[&str], upstream: &str, extra: &str) -> String {
+    let prefixes: Vec<String> = prefixes.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        "\n[[modules]]\nname = {name:?}\ndescription = \"{name} module\"\nprefixes = [{}]\nupstream = {upstream:?}\n{extra}\n",
+        prefixes.join(", ")
+    )
+}
+
+/// A running gateway on port-0 listeners with an embedded store in a temp dir.
+pub struct TestGateway {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub admin_key: String,
+    pub tokens: Tokens,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// `http://proxy`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+    /// `http://admin`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+    /// Creates a token with these permissions; returns (id, "id:secret").
+    pub async fn token(&self, permissions: &[&str]) -> (TokenId, String) {
+        self.token_with(permissions, |_| {}).await
+    }
+    /// Creates a token after `edit` adjusts the request.
+    pub async fn token_with(
+        &self,
+        permissions: &[&str],
+        edit: impl FnOnce(&mut NewToken),
+    ) -> (TokenId, String) {
+        let mut new = NewToken {
+            name: "test token".into(),
+            description: String::new(),
+            external_id: None,
+            extension: None,
+            permissions: permissions.iter().map(|s| s.to_string()).collect(),
+            expiry: Expiry::Perpetual,
+        };
+        edit(&mut new);
+        let (t, secret) = self
+            .tokens
+            .create(new, None, &self.config, Timestamp::now())
+            .await
+            .expect("create token");
+        (t.id, format!("{}:{}", t.id, secret.expose()))
+    }
+    /// Stops it gracefully and waits.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Parses `toml` (listen addresses and store path are filled in) and starts a gateway.
+pub async fn spawn_gateway(toml: &str) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    spawn_gateway_in(toml, dir).await
+}
+
+/// Like [`spawn_gateway`], reusing `dir` (its store file) — for restart tests.
+pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway {
+    let store = dir.path().join("keygate.redb");
+    let key = dir.path().join("admin.key");
+    let text = if toml.contains("[store]") {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n{toml}",
+            key.display().to_string()
+        )
+    } else {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n[store]\nbackend = \"embedded\"\npath = {:?}\n{toml}",
+            key.display().to_string(),
+            store.display().to_string()
+        )
+    };
+    let text = if text.contains("[proxy]") {
+        text
+    } else {
+        format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{text}")
+    };
+    let config = Config::parse(&text, std::path::Path::new("test.toml"), |_| None)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+    let listeners = Listeners {
+        proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let proxy = listeners.proxy.local_addr().unwrap();
+    let admin = listeners.admin.local_addr().unwrap();
+    let gw = Gateway::start(config.clone()).await.expect("gateway start");
+    let tokens = gw.tokens().clone();
+    let admin_key = std::fs::read_to_string(&key)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(gw.run(listeners, async move {
+        let _ = stop_rx.await;
+    }));
+    TestGateway {
+        proxy,
+        admin,
+        admin_key,
+        tokens,
+        config,
+        dir,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A plain HTTP/1.1 client (keep-alive pool).
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    /// `error_code` of an error body.
+    pub fn code(&self) -> String {
+        self.json()["error_code"].as_str().unwrap_or("").to_string()
+    }
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends a request with optional `Authorization: ApiKey <key>` and collects the answer.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    key: Option<&str>,
+    body: Bytes,
+) -> Answer {
+    let mut b = Request::builder().method(method).uri(url);
+    if let Some(k) = key {
+        b = b.header("authorization", format!("ApiKey {k}"));
+    }
+    let res = client
+        .request(b.body(Full::new(body)).unwrap())
+        .await
+        .expect("request");
+    let (parts, body) = res.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+/// GET with a key.
+pub async fn get(url: &str, key: Option<&str>) -> Answer {
+    send(&client(), Method::GET, url, key, Bytes::new()).await
+}
+
+/// Writes raw bytes to `addr` and reads the whole answer until the server closes
+/// (send `Connection: close`) or 5 s pass.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Status code of a raw HTTP/1 answer (0 if none).
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls `f` until it is true or `deadline` passes.
+pub async fn eventually(deadline: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
