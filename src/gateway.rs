@@ -98,12 +98,14 @@ struct Record {
 /// Handles one request on the proxy listener. Never fails: every error is a response.
 pub async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Response<ResBody> {
     let started = Instant::now();
     let request_id =
         headers::client_request_id(req.headers()).unwrap_or_else(|| shared.request_ids.next());
+    // The upstream sees the id the client gets back: one value, never an insane one.
+    req.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     let method = req.method().clone();
     let rt = shared.runtime.load_full();
     let mut rec = Record::default();
