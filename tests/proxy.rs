@@ -127,7 +127,7 @@ async fn row4_unparsable_unknown_and_wrong_secret_answer_identically() {
         format!("{id}:"),
         "SU-000-000-000:f45bee7e79b10ff6eff67902ccb4f3d46724ceb8".to_string(),
         format!("{id}:f45bee7e79b10ff6eff67902ccb4f3d46724ceb8"),
-        format!("{}", s.key.to_uppercase()),
+        s.key.to_uppercase(),
     ];
     let mut bodies = Vec::new();
     for c in &cases {
