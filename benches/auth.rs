@@ -1,0 +1,122 @@
+//! The auth decision on a cache hit: header parse + cache lookup + secret verify +
+//! path normalisation + route lookup + permission check — the per-request work keygate
+//! does before forwarding. Run: `cargo bench --bench auth`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use jiff::Timestamp;
+use keygate::auth::{Presented, presented};
+use keygate::config::Config;
+use keygate::routes::normalize_path;
+use keygate::store::TokenCache;
+use keygate::token::{Secret, Token, TokenId};
+
+fn config() -> Config {
+    let mut text =
+        String::from("[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for name in [
+        "agreements",
+        "billing",
+        "catalog",
+        "contracts",
+        "customers",
+        "devops",
+        "forms",
+        "helpdesk",
+        "integrations",
+        "leads",
+        "listings",
+        "localization",
+        "marketplaces",
+        "notifications",
+        "reports",
+        "subscriptions",
+        "usage",
+    ] {
+        text.push_str(&format!(
+            "[[modules]]\nname = \"{name}\"\nprefixes = [\"/public/v1/{name}\"]\nupstream = \"http://127.0.0.1:7001\"\n"
+        ));
+    }
+    Config::parse(&text, Path::new("bench.toml"), |_| None).expect("config")
+}
+
+fn token(id: u32, secret: &Secret, perms: &[&str]) -> Token {
+    let now = Timestamp::now();
+    Token {
+        id: TokenId::new(id).expect("id"),
+        name: "bench".into(),
+        description: String::new(),
+        external_id: None,
+        extension: "custom".into(),
+        permissions: perms.iter().map(|s| s.to_string()).collect(),
+        disabled: false,
+        expires_at: None,
+        validity_secs: None,
+        created_at: now,
+        updated_at: now,
+        created_by: None,
+        last_used_at: None,
+        secret_hash: secret.hash(),
+        previous_secret: None,
+        version: 1,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let config = config();
+    let routes = config.route_table();
+    let cache = TokenCache::new(true);
+    let secret = Secret::generate();
+    // 10,000 other tokens so the map is not trivially small.
+    for i in 0..10_000u32 {
+        cache.put(
+            &token(i * 7 + 1, &Secret::generate(), &["agreements"]),
+            &config,
+        );
+    }
+    let id = 160_984_311;
+    cache.put(
+        &token(id, &secret, &["agreements", "subscriptions"]),
+        &config,
+    );
+    let mut headers = HeaderMap::new();
+    let value = format!("ApiKey SU-160-984-311:{}", secret.expose());
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&value).expect("header"),
+    );
+    let path = "/public/v1/subscriptions/AS-1234-5678/items";
+
+    let decide = |headers: &HeaderMap, path: &str| -> Option<usize> {
+        let Ok(Presented::Credential(cred)) = presented(headers) else {
+            return None;
+        };
+        let entry = cache.get(cred.id)?;
+        let now = Timestamp::now().as_second();
+        if !entry.verify(&cred.secret_hash(), now) || entry.disabled || entry.expired(now) {
+            return None;
+        }
+        let path = normalize_path(path).ok()?;
+        let module = routes.lookup(&path)?;
+        entry.perms.allows(module).then_some(module)
+    };
+    assert!(decide(&headers, path).is_some());
+
+    c.bench_function("auth_decision_cache_hit", |b| {
+        b.iter(|| decide(black_box(&headers), black_box(path)))
+    });
+    c.bench_function("normalize_path_dot_segments", |b| {
+        b.iter(|| normalize_path(black_box("/public/v1//subscriptions/./x/../AS-1/%7Eitems")))
+    });
+    c.bench_function("secret_hash_verify", |b| {
+        let entry = cache.get(TokenId::new(id).expect("id")).expect("entry");
+        let hash = secret.hash();
+        b.iter(|| entry.verify(black_box(&hash), 0))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,268 @@
+//! The `keygate` binary: serve (bootstrap key file, log lines, SIGTERM drain and exit 0)
+//! and check-config (module table, errors naming file/key/reason, exit codes).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keygate"))
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_config(dir: &Path, upstream: &str, proxy: u16, admin: u16) -> std::path::PathBuf {
+    let path = dir.join("keygate.toml");
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nbootstrap_key_file = {:?}\n[store]\npath = {:?}\n{}",
+        dir.join("admin.key").display().to_string(),
+        dir.join("kg.redb").display().to_string(),
+        module_toml("agreements", &["/public/v1/agreements"], upstream, "")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn wait_for_file(path: &Path) -> String {
+    assert!(
+        eventually(Duration::from_secs(20), async || path.exists()
+            && std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n')))
+        .await,
+        "{} never appeared",
+        path.display()
+    );
+    std::fs::read_to_string(path).unwrap().trim().to_string()
+}
+
+async fn serve_round_trip(log_format: &str) -> Vec<String> {
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pp, ap) = (free_port(), free_port());
+    let cfg = write_config(dir.path(), &up.url(), pp, ap);
+    let mut child = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--log-format", log_format])
+        .env("KEYGATE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let proc = Proc(child);
+    let key = wait_for_file(&dir.path().join("admin.key")).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("admin.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", pp))
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    let a = get(&format!("http://127.0.0.1:{ap}/healthz"), None).await;
+    assert_eq!(a.status, 200);
+    // A slow request in flight when SIGTERM arrives still completes.
+    let slow = tokio::spawn({
+        let key = key.clone();
+        async move {
+            get(
+                &format!("http://127.0.0.1:{pp}/public/v1/agreements/slow?sleep_ms=500"),
+                Some(&key),
+            )
+            .await
+            .status
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut proc = proc;
+    let pid = proc.0.id();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = proc.0.wait().unwrap();
+        std::mem::forget(proc);
+        s
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let lines = lines.join().unwrap();
+    let secret = key.split(':').nth(1).unwrap();
+    assert!(
+        lines.iter().all(|l| !l.contains(secret)),
+        "a log line holds the secret"
+    );
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_text_logs_one_line_per_request_and_drains_on_sigterm() {
+    let lines = serve_round_trip("text").await;
+    let req: Vec<&String> = lines.iter().filter(|l| l.contains("slow")).collect();
+    assert_eq!(req.len(), 1, "{lines:#?}");
+    for field in [
+        "request_id",
+        "token",
+        "module",
+        "method",
+        "path",
+        "status",
+        "latency_us",
+    ] {
+        assert!(req[0].contains(field), "{field} missing: {}", req[0]);
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("admin.key")),
+        "bootstrap path not logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_json_logs_parse() {
+    let lines = serve_round_trip("json").await;
+    let mut found = false;
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        if v["path"] == "/public/v1/agreements/slow" {
+            found = true;
+            assert_eq!(v["status"], 200);
+            assert_eq!(v["module"], "agreements");
+            assert_eq!(v["method"], "GET");
+            assert!(v["token"].as_str().unwrap().starts_with("SU-"));
+            assert!(v["latency_us"].as_u64().is_some());
+            assert!(v["request_id"].as_str().is_some());
+        }
+    }
+    assert!(found, "{lines:#?}");
+}
+
+#[test]
+fn check_config_prints_the_module_table() {
+    let out = bin()
+        .args(["check-config", "--config", "config/keygate.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for m in [
+        "agreements",
+        "tier_accounts",
+        "usage",
+        "/public/v1/subscriptions",
+        "http://127.0.0.1:7001",
+    ] {
+        assert!(text.contains(m), "{m} missing:\n{text}");
+    }
+}
+
+#[test]
+fn bad_config_names_file_key_and_reason_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[proxy]\nlisten = \"127.0.0.1:8080\"\nlisten_backlog = 5\n",
+    )
+    .unwrap();
+    for sub in ["check-config", "serve"] {
+        let out = bin().arg(sub).arg("--config").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains("bad.toml")
+                && err.contains("proxy.listen_backlog")
+                && err.contains("unknown field"),
+            "{sub}: {err}"
+        );
+    }
+    let out = bin()
+        .args(["check-config", "--config", "/nonexistent/k.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("cannot read")
+    );
+}
+
+#[test]
+fn bad_cli_arguments_fail_with_usage() {
+    for args in [
+        &["serve", "--bogus"][..],
+        &["serve", "--log-format", "xml"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let out = bin().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn env_overrides_reach_the_binary() {
+    let out = bin()
+        .args(["check-config", "--config", "config/keygate.toml"])
+        .env("KEYGATE_PROXY_LISTEN", "127.0.0.1:18080")
+        .env("KEYGATE_STORE_PATH", "/tmp/elsewhere.redb")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("127.0.0.1:18080") && text.contains("/tmp/elsewhere.redb"),
+        "{text}"
+    );
+    let out = bin()
+        .args(["check-config", "--config", "config/keygate.toml"])
+        .env("KEYGATE_PROXY_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("proxy.listen")
+    );
+}
