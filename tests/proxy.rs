@@ -661,3 +661,35 @@ async fn graceful_stop_lets_in_flight_requests_finish() {
         "still accepting after stop"
     );
 }
+
+#[tokio::test]
+async fn hostile_authorization_values_answer_4xx_and_reach_nobody() {
+    let s = setup().await;
+    let long = "a".repeat(8000);
+    let cases: Vec<Vec<u8>> = vec![
+        format!("ApiKey {long}").into_bytes(),
+        format!("ApiKey SU-160-984-311:{long}").into_bytes(),
+        b"ApiKey SU-160-984-311:\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5\xf4\xf3\xf2\xf1\xf0\xef\xee\xed\xec".to_vec(),
+        b"ApiKey \xc0\xae\xc0\xae".to_vec(),
+        b"\xff\xff".to_vec(),
+        b"ApiKey".to_vec(),
+        b"ApiKey ::::".to_vec(),
+        b"ApiKey SU-999-999-999-999:x".to_vec(),
+        b"apikeY\tSU-160-984-311:f45bee7e79b10ff6eff67902ccb4f3d46724ceb8".to_vec(),
+    ];
+    for v in cases {
+        let mut req =
+            format!("GET {AGR} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: ")
+                .into_bytes();
+        req.extend_from_slice(&v);
+        req.extend_from_slice(b"\r\n\r\n");
+        let a = raw(s.gw.proxy, &req).await;
+        let status = raw_status(&a);
+        assert!(
+            (400..500).contains(&status),
+            "{:?} -> {a}",
+            String::from_utf8_lossy(&v)
+        );
+    }
+    assert_eq!(s.agreements.count(), 0);
+}

@@ -264,3 +264,47 @@ impl TokenCache {
 pub fn unix(t: Timestamp) -> i64 {
     t.as_second()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    fn config() -> Config {
+        Config::parse(
+            "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n[[modules]]\nname = \"b\"\nprefixes = [\"/b\"]\nupstream = \"http://127.0.0.1:1\"\n",
+            std::path::Path::new("t.toml"),
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn negative_cache_stays_bounded_and_read_through_finds_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Embedded(Arc::new(
+            EmbeddedStore::open(&dir.path().join("s.redb")).unwrap(),
+        ));
+        let config = config();
+        let cache = TokenCache::new(false);
+        for i in 0..(NEGATIVE_CAPACITY as u32 + 1000) {
+            let id = TokenId::new(i).unwrap();
+            assert!(matches!(
+                cache.lookup(id, &store, &config).await,
+                Lookup::Unknown
+            ));
+        }
+        assert!(cache.negative.len() <= NEGATIVE_CAPACITY);
+        assert!(cache.inflight.is_empty());
+        assert!(cache.is_empty(), "unknown ids must not create entries");
+    }
+
+    #[test]
+    fn permsets_follow_module_indices() {
+        let config = config();
+        let p = PermSet::from_names(&["b".into(), "gone".into()], &config);
+        assert!(!p.allows(0) && p.allows(1) && !p.allows(2) && !p.allows(10_000));
+        let all = PermSet::from_names(&["all".into()], &config);
+        assert!(all.allows(0) && all.allows(255));
+    }
+}
