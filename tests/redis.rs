@@ -246,7 +246,7 @@ async fn propagation_time_p50_p99() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_outage_keeps_cached_tokens_working() {
     let mut redis = spawn_redis().await;
-    let (_up, a, _b) = two_instances(&redis, "outage:", "").await;
+    let (_up, a, b) = two_instances(&redis, "outage:", "").await;
     let path = "/public/v1/agreements/x";
     let mut keys = Vec::new();
     for _ in 0..5 {
@@ -254,9 +254,8 @@ async fn redis_outage_keeps_cached_tokens_working() {
         assert_eq!(get(&a.url(path), Some(&key)).await.status, 200);
         keys.push(key);
     }
-    // A token that exists in Redis but was never used on A is not in A's cache... it is:
-    // create() caches it. So use one that only B created.
-    let (_, unseen_key) = _b.token(&["agreements"]).await;
+    // A token that exists in Redis but is not in A's cache: created through B.
+    let (_, unseen_key) = b.token(&["agreements"]).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
