@@ -340,3 +340,30 @@ async fn cached_tokens_stop_working_after_max_stale() {
     redis.restart().await;
     assert!(status_becomes(&a, path, &key, StatusCode::OK, Duration::from_secs(5)).await);
 }
+
+/// Redis stops answering (DEBUG SLEEP): cached tokens are served without waiting, and a
+/// miss is cut off by the store deadline (503) instead of waiting for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_redis_does_not_block_the_request_path() {
+    let redis = spawn_redis().await;
+    let (_up, a, b) = two_instances(&redis, "slow:", "").await;
+    let path = "/public/v1/agreements/x";
+    let (_, cached) = a.token(&["agreements"]).await;
+    let (_, uncached) = b.token(&["agreements"]).await;
+    assert_eq!(get(&a.url(path), Some(&cached)).await.status, 200);
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 4").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    assert_eq!(get(&a.url(path), Some(&cached)).await.status, 200);
+    let hit = started.elapsed();
+    let miss = get(&a.url(path), Some(&uncached)).await;
+    // Redis wakes after 4 s; a 503 before that means the deadline cut the wait short.
+    assert_eq!(miss.status, 503, "{}", miss.text());
+    println!(
+        "slow redis: cached token answered in {hit:?}, miss in {:?}",
+        started.elapsed() - hit
+    );
+    let _ = sleeper.await;
+    assert!(status_becomes(&a, path, &uncached, StatusCode::OK, Duration::from_secs(5)).await);
+}

@@ -346,3 +346,73 @@ impl TokenCache {
 pub fn unix(t: Timestamp) -> i64 {
     t.as_second()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Secret;
+
+    fn config() -> Config {
+        Config::parse(
+            "[[modules]]\nname = \"agreements\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
+            std::path::Path::new("test.toml"),
+            |_| None,
+        )
+        .expect("valid config")
+    }
+
+    fn token(version: u64) -> Token {
+        let now = Timestamp::now();
+        Token {
+            id: TokenId::new(42).expect("id"),
+            name: "t".into(),
+            description: String::new(),
+            external_id: None,
+            extension: "custom".into(),
+            permissions: vec!["agreements".into()],
+            disabled: false,
+            expires_at: None,
+            validity_secs: None,
+            created_at: now,
+            updated_at: now,
+            created_by: None,
+            last_used_at: None,
+            secret_hash: Secret::generate().hash(),
+            previous_secret: None,
+            version,
+        }
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let (cache, config) = (TokenCache::new(false), config());
+        let mut v2 = token(2);
+        v2.disabled = true;
+        cache.put(&v2, &config);
+        cache.put(&token(1), &config);
+        let e = cache.get(v2.id).expect("cached");
+        assert_eq!((e.version, e.disabled), (2, true));
+        let started = cache.read_started();
+        assert!(cache.fill_token(&token(1), &config, started));
+        assert_eq!(cache.get(v2.id).expect("cached").version, 2);
+    }
+
+    #[test]
+    fn a_read_that_began_before_an_invalidation_is_not_cached() {
+        let (cache, config) = (TokenCache::new(false), config());
+        let t = token(1);
+        let started = cache.read_started();
+        // Deleted elsewhere while the read was under way.
+        cache.remove(t.id);
+        assert!(!cache.fill_token(&t, &config, started));
+        assert!(cache.get(t.id).is_none());
+        // A read that began afterwards is cached.
+        let started = cache.read_started();
+        assert!(cache.fill_token(&t, &config, started));
+        assert!(cache.get(t.id).is_some());
+        // clear() refuses every read that began before it.
+        let started = cache.read_started();
+        cache.clear();
+        assert!(!cache.fill_token(&t, &config, started));
+    }
+}

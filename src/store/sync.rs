@@ -3,8 +3,8 @@
 //! - **subscriber**: every change is announced on `<prefix>changes` (message = token id);
 //!   the entry is dropped at once and re-read. After each (re)subscription every cached
 //!   entry is re-read, since announcements made while we were not listening are lost.
-//! - **refresher**: every [`REFRESH_INTERVAL`] every cached entry is re-read, which bounds
-//!   staleness if a message is lost. A failed read never drops an entry: while Redis is
+//! - **refresher**: [`REFRESH_INTERVAL`] after the previous pass, every cached entry is
+//!   re-read, which bounds staleness if a message is lost. A failed read never drops an entry: while Redis is
 //!   down cached tokens keep working (for up to `store.max_stale`).
 //! - **health check**: a PING every [`HEALTH_INTERVAL`] notices when Redis is back (cache
 //!   misses answer 503 without asking while it is marked down).
@@ -147,12 +147,11 @@ pub async fn revalidate(shared: &Shared) {
         .await;
 }
 
+/// Pauses [`REFRESH_INTERVAL`] between passes (not between starts), so a large cache
+/// costs at most half of one connection's read capacity instead of all of it.
 async fn refresher(shared: &Shared) {
-    let mut tick = tokio::time::interval(REFRESH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(REFRESH_INTERVAL).await;
         revalidate(shared).await;
     }
 }

@@ -500,13 +500,21 @@ fn start_redis_process(port: u16, dir: &std::path::Path, cluster: bool) -> std::
             "no",
         ]);
     } else {
-        cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        cmd.args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--enable-debug-command",
+            "local",
+        ]);
     }
     cmd.spawn().expect("start redis-server (is it installed?)")
 }
 
-/// Sends one inline command and returns the raw answer.
-async fn redis_raw(port: u16, command: &str) -> Option<String> {
+/// Sends one inline command to the Redis on `port` and returns the raw answer
+/// (`None` if none within 1 s).
+pub async fn redis_raw(port: u16, command: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     s.write_all(format!("{command}\r\n").as_bytes())
         .await
