@@ -45,7 +45,8 @@ impl Expiry {
         }
     }
 
-    /// The expiry time and the validity period it stands for, checked to be in the future.
+    /// The expiry time (whole seconds, as the API shows it and the cache compares it)
+    /// and the validity period it stands for, checked to be in the future.
     pub fn resolve(
         self,
         now: Timestamp,
@@ -54,6 +55,7 @@ impl Expiry {
         match self {
             Expiry::Perpetual => Ok((None, None)),
             Expiry::At(t) => {
+                let t = whole_seconds(t);
                 if t <= now {
                     return Err(ApiError::Validation(format!(
                         "{field}: must be in the future"
@@ -72,10 +74,15 @@ impl Expiry {
                 let at = now
                     .checked_add(signed)
                     .map_err(|_| ApiError::Validation(format!("{field}: too long")))?;
-                Ok((Some(at), Some(d.as_secs() as i64)))
+                Ok((Some(whole_seconds(at)), Some(d.as_secs() as i64)))
             }
         }
     }
+}
+
+/// `t` without its fraction of a second.
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 /// What a new token is made of.

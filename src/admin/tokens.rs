@@ -177,6 +177,10 @@ fn ok(status: StatusCode, value: &impl Serialize) -> Result<Response<Full<Bytes>
 
 /// Parses a JSON body into `T`, naming the offending field on error.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde's derived structs also accept a JSON array; only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::Validation("body: must be a JSON object".into()));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -420,3 +420,21 @@ pub async fn eventually(deadline: Duration, mut f: impl AsyncFnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends `body` (JSON text, may be empty) to the admin listener with `key`.
+pub async fn admin_call(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Answer {
+    send(
+        &client(),
+        method,
+        &gw.admin_url(path),
+        key,
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
