@@ -26,6 +26,9 @@ use crate::tokens::Tokens;
 /// Largest admin request body (SPEC §4); larger ones answer 413 `VALIDATION`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Longest path written to a log line (ids are 14 characters; the rest is noise).
+const MAX_LOGGED_PATH: usize = 128;
+
 /// What a route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -193,7 +196,7 @@ pub async fn handle(
     let token = token.as_deref().unwrap_or("-");
     // Log the path only when it is a known route, so log lines stay bounded and clean.
     let path = if resolve(&method, &path).is_ok() {
-        path.as_str()
+        path.get(..MAX_LOGGED_PATH).unwrap_or(&path)
     } else {
         "-"
     };
