@@ -308,6 +308,21 @@ async fn lifecycle_answers_validate_against_the_document() {
     .await;
     assert_eq!(a.status, 201);
     let id = a.json()["id"].as_str().unwrap().to_string();
+    // What the document marks nullable, the server accepts as null.
+    let nulls = json!({"name": "nulls", "description": null, "external_id": null,
+        "permissions": ["all"], "expires_at": null});
+    assert_valid_request(&doc, "/v1/tokens", "post", &nulls);
+    let a = checked(
+        &gw,
+        &doc,
+        M::POST,
+        "/v1/tokens",
+        "/v1/tokens",
+        k,
+        &nulls.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
     let t = "/v1/tokens/{id}";
     let p = |s: &str| format!("/v1/tokens/{id}{s}");
 

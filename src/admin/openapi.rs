@@ -173,10 +173,10 @@ fn schemas() -> Value {
                 "name": name.clone(),
                 "description": nullable(description.clone()),
                 "external_id": nullable(external_id.clone()),
-                "extension": nullable(json!({ "type": "string", "default": "custom" })),
+                "extension": { "type": "string", "default": "custom" },
                 "permissions": permissions.clone(),
                 "expires_at": nullable(expires_at.clone()),
-                "expires_in": nullable(expires_in.clone()),
+                "expires_in": expires_in.clone(),
             },
         },
         "TokenPatch": {
