@@ -618,3 +618,21 @@ pub fn redis_store_toml(redis: &TestRedis, prefix: &str, extra: &str) -> String 
         redis.url
     )
 }
+
+/// Sends `body` (JSON text, may be empty) to the admin listener with `key`.
+pub async fn admin_call(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Answer {
+    send(
+        &client(),
+        method,
+        &gw.admin_url(path),
+        key,
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
