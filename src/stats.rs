@@ -481,16 +481,19 @@ fn merge(
     }
 }
 
-/// Flushes every `flush_interval` and prunes once per UTC day until `stop` turns true.
+/// Prunes, then flushes every `flush_interval` and prunes once per UTC day until
+/// `stop` turns true.
 /// The final flush is the caller's ([`final_flush`]), after the listeners drained.
 pub async fn run_flusher(
     shared: Arc<Shared>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned_day = None;
+    prune_daily(&shared, &mut pruned_day).await;
+    // The first flush one interval after start, not at once.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tokio::select! {

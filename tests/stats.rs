@@ -670,8 +670,8 @@ async fn counts_survive_a_graceful_restart() {
         hit(&gw, "/public/v1/agreements/x?status=404", Some(&key)).await,
         404
     );
-    // The first flush tick happens at start; these are in memory only.
-    assert!(gw.shared.stats.unflushed() >= 6);
+    // No flush tick yet (the first comes one interval after start): memory only.
+    assert_eq!(gw.shared.stats.unflushed(), 6);
     let dir = gw.stop_keep_dir().await;
 
     let gw = spawn_gateway_in(&toml, dir).await;
@@ -802,4 +802,62 @@ async fn stats_route_validates_and_authenticates() {
     // Admin traffic counts for no token.
     assert_eq!(totals(&stats(&gw, id, "").await), [0; 4]);
     gw.stop().await;
+}
+
+#[test]
+fn shipped_dashboard_and_scrape_config_name_real_metrics() {
+    use keygate::metrics::names;
+    let known = [
+        names::REQUESTS_TOTAL,
+        names::AUTH_FAILURES_TOTAL,
+        names::REQUEST_DURATION_SECONDS,
+        names::UPSTREAM_ERRORS_TOTAL,
+        names::TOKEN_CACHE_HITS_TOTAL,
+        names::TOKEN_CACHE_MISSES_TOTAL,
+        names::STORE_UP,
+        names::STATS_DROPPED_TOTAL,
+    ];
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/config/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let scrape = std::fs::read_to_string(format!("{root}/config/prometheus.yml")).unwrap();
+    assert!(scrape.contains("metrics_path: /metrics"));
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    exprs.extend(
+        scrape
+            .lines()
+            .filter(|l| l.contains("keygate_"))
+            .map(String::from),
+    );
+    let mut used = 0;
+    for e in &exprs {
+        for (i, _) in e.match_indices("keygate_") {
+            let name: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(known.contains(&base), "unknown metric {name} in {e}");
+            used += 1;
+        }
+    }
+    assert!(used >= 8);
+    for title in ["by class", "by reason", "quantiles"] {
+        assert!(
+            dash["panels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["title"].as_str().unwrap().contains(title)),
+            "no panel {title}"
+        );
+    }
 }
