@@ -622,6 +622,70 @@ mod tests {
         assert_eq!(total, 40_000);
     }
 
+    fn setup(max_pending: usize) -> (Stats, Arc<ModuleMetrics>, Arc<ManualClock>, Arc<Metrics>) {
+        let text = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                    bootstrap_key_file = \"k\"\n[store]\nbackend = \"embedded\"\npath = \"s\"\n\
+                    [[modules]]\nname = \"a\"\ndescription = \"a\"\nprefixes = [\"/a\"]\n\
+                    upstream = \"http://127.0.0.1:1\"\n";
+        let config =
+            crate::config::Config::parse(text, std::path::Path::new("t.toml"), |_| None).unwrap();
+        let cache = Arc::new(crate::store::TokenCache::new(true));
+        let metrics = Arc::new(Metrics::new(&config.metrics, cache).unwrap());
+        let clock = Arc::new(ManualClock::new("2024-01-01T23:00:00Z".parse().unwrap()));
+        let stats =
+            Stats::new(Arc::clone(&metrics), 10, clock.clone()).with_max_pending(max_pending);
+        let modules = Arc::new(metrics.modules(&config));
+        (stats, modules, clock, metrics)
+    }
+
+    #[tokio::test]
+    async fn rollover_beyond_the_pending_bound_is_dropped_and_counted() {
+        let (stats, modules, clock, metrics) = setup(1);
+        let ids: Vec<_> = (1..=3).map(|n| TokenId::new(n * 1000).unwrap()).collect();
+        for id in &ids {
+            stats.record(Some(*id), &modules, 0, Class::Success);
+        }
+        clock.advance(Duration::from_secs(3600));
+        // Each token's first request of the new day evicts yesterday's count; only one
+        // (token, day) row fits in pending.
+        for id in &ids {
+            stats.record(Some(*id), &modules, 0, Class::Success);
+        }
+        assert_eq!(metrics.stats_dropped.get(), 2);
+        assert_eq!(stats.unflushed(), 4);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Embedded(Arc::new(
+            crate::store::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap(),
+        ));
+        stats.flush(&store).await.unwrap();
+        assert_eq!(stats.unflushed(), 0);
+        let d = stats.today();
+        let mut total = 0;
+        for id in &ids {
+            let rows = store.counts(*id, d - 1, d).await.unwrap();
+            assert_eq!(rows.last(), Some(&(d, [1, 0, 0, 0])));
+            total += rows.iter().map(|r| r.1[0]).sum::<u64>();
+        }
+        assert_eq!(total, 4);
+        // Flushing again writes nothing twice.
+        stats.flush(&store).await.unwrap();
+        let again: u64 = {
+            let mut t = 0;
+            for id in &ids {
+                t += store
+                    .counts(*id, d - 1, d)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.1[0])
+                    .sum::<u64>();
+            }
+            t
+        };
+        assert_eq!(again, 4);
+    }
+
     #[test]
     fn day_of_is_utc() {
         assert_eq!(day_of(0), 0);
