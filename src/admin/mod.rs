@@ -3,6 +3,7 @@
 //! route is documented; each `/v1/*` route authenticates its caller first.
 
 pub mod openapi;
+pub mod stats;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -58,6 +59,10 @@ pub enum Op {
     Renew,
     /// `GET /v1/tokens/{id}/events`.
     Events,
+    /// `GET /v1/tokens/{id}/stats`.
+    Stats,
+    /// `GET /metrics`.
+    Metrics,
     /// `GET /v1/modules`.
     Modules,
     /// `GET /v1/extensions`.
@@ -86,6 +91,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/healthz", Op::Healthz),
     route(Method::GET, "/readyz", Op::Readyz),
     route(Method::GET, "/openapi.json", Op::OpenApi),
+    route(Method::GET, "/metrics", Op::Metrics),
     route(Method::GET, "/v1/tokens", Op::ListTokens),
     route(Method::POST, "/v1/tokens", Op::CreateToken),
     route(Method::GET, "/v1/tokens/{id}", Op::GetToken),
@@ -96,6 +102,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/tokens/{id}/rotate", Op::Rotate),
     route(Method::POST, "/v1/tokens/{id}/renew", Op::Renew),
     route(Method::GET, "/v1/tokens/{id}/events", Op::Events),
+    route(Method::GET, "/v1/tokens/{id}/stats", Op::Stats),
     route(Method::GET, "/v1/modules", Op::Modules),
     route(Method::GET, "/v1/extensions", Op::Extensions),
 ];
@@ -235,6 +242,7 @@ async fn process(
             });
         }
         Op::OpenApi => return Ok(json_bytes(StatusCode::OK, openapi::document_bytes())),
+        Op::Metrics => return Ok(stats::metrics(shared).await),
         _ => {}
     }
 
@@ -243,6 +251,12 @@ async fn process(
     let caller = authenticate(shared, &rt, &tokens, &req).await?;
     *actor = Some(caller.token.id);
     let query = req.uri().query().map(str::to_string);
+    if op == Op::Stats {
+        let id = id.unwrap_or_default();
+        let id = crate::token::TokenId::parse(id.as_bytes())
+            .ok_or_else(|| ApiError::TokenNotFound(id.chars().take(64).collect()))?;
+        return Ok(stats::token_stats(shared, id, query.as_deref()).await);
+    }
     let body = read_body(req).await?;
     let ctx = Ctx {
         rt: &rt,
