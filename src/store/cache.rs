@@ -73,6 +73,8 @@ pub struct AuthEntry {
     pub perms: PermSet,
     /// External id, when set.
     pub external_id: Option<Box<str>>,
+    /// The configuration generation `perms` and `extension` index into.
+    pub generation: u64,
 }
 
 impl AuthEntry {
@@ -94,6 +96,7 @@ impl AuthEntry {
                 .map(|p| Box::new((p.hash, p.until.as_second()))),
             perms: PermSet::from_names(&token.permissions, config),
             external_id: token.external_id.as_deref().map(Box::from),
+            generation: config.generation,
         }
     }
 
@@ -173,14 +176,20 @@ impl TokenCache {
     }
 
     /// Looks `id` up: cache, then (unless the cache is complete) the store, with one
-    /// store read per id in flight at a time.
+    /// store read per id in flight at a time. An entry built for another configuration
+    /// generation (modules reloaded) is re-read, so its module bits never meet a route
+    /// table of another module list.
     pub async fn lookup(&self, id: TokenId, store: &Store, config: &Config) -> Lookup {
-        if let Some(e) = self.get(id) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Found(e);
-        }
+        let stale = match self.get(id) {
+            Some(e) if e.generation == config.generation => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Found(e);
+            }
+            Some(_) => true,
+            None => false,
+        };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        if self.complete {
+        if self.complete && !stale {
             return Lookup::Unknown;
         }
         let key = id.number();
@@ -205,6 +214,7 @@ impl TokenCache {
                         Lookup::Found(entry)
                     }
                     Ok(None) => {
+                        self.entries.remove(&key);
                         self.remember_unknown(key);
                         Lookup::Unknown
                     }
@@ -214,7 +224,15 @@ impl TokenCache {
             .await
             .clone();
         self.inflight.remove(&key);
-        result
+        match result {
+            // A request of another generation filled the shared read: build ours.
+            Lookup::Found(e) if e.generation != config.generation => match store.get(id).await {
+                Ok(Some(token)) => Lookup::Found(Arc::new(AuthEntry::new(&token, config))),
+                Ok(None) => Lookup::Unknown,
+                Err(_) => Lookup::Unavailable,
+            },
+            other => other,
+        }
     }
 
     fn remember_unknown(&self, key: u32) {
