@@ -30,6 +30,11 @@ struct Prepared {
 }
 
 impl ReloadHandle {
+    /// The configuration generation now serving new requests.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.shared.runtime.load_full()
+    }
+
     /// Re-reads the configuration file the gateway was started with (environment
     /// overrides applied again) and swaps in its modules, upstreams, extensions and TLS
     /// certificates. Settings that need a restart (listen addresses, workers, limits,

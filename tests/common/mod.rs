@@ -209,6 +209,8 @@ pub struct TestGateway {
     pub tokens: Tokens,
     pub config: Config,
     pub dir: tempfile::TempDir,
+    /// Re-reads `config_path()` (what SIGHUP does).
+    pub reload: keygate::ReloadHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -221,6 +223,15 @@ impl TestGateway {
     /// `http://admin`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+    /// The configuration file the gateway was started from.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("keygate.toml")
+    }
+    /// Rewrites the configuration file from `toml` (completed as by [`spawn_gateway`]);
+    /// call `reload.reload()` to apply it.
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(self.config_path(), complete_toml(toml, self.dir.path())).unwrap();
     }
     /// Creates a token with these permissions; returns (id, "id:secret").
     pub async fn token(&self, permissions: &[&str]) -> (TokenId, String) {
@@ -273,28 +284,43 @@ pub async fn spawn_gateway(toml: &str) -> TestGateway {
     spawn_gateway_in(toml, dir).await
 }
 
-/// Like [`spawn_gateway`], reusing `dir` (its store file) — for restart tests.
-pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway {
-    let store = dir.path().join("keygate.redb");
-    let key = dir.path().join("admin.key");
-    let text = if toml.contains("[store]") {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n{toml}",
-            key.display().to_string()
-        )
+/// Fills in what a test config leaves out: admin listener, bootstrap key file, store
+/// in `dir`, proxy listener on port 0.
+pub fn complete_toml(toml: &str, dir: &std::path::Path) -> String {
+    let store = dir.join("keygate.redb");
+    let key = dir.join("admin.key");
+    let admin = format!(
+        "listen = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n",
+        key.display().to_string()
+    );
+    // A test may bring its own [admin] table (e.g. for tls); the lines go into it.
+    let mut text = if toml.contains("[admin]\n") {
+        toml.replacen("[admin]\n", &format!("[admin]\n{admin}"), 1)
     } else {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n[store]\nbackend = \"embedded\"\npath = {:?}\n{toml}",
-            key.display().to_string(),
+        format!("[admin]\n{admin}{toml}")
+    };
+    if !toml.contains("[store]") {
+        text = format!(
+            "[store]\nbackend = \"embedded\"\npath = {:?}\n{text}",
             store.display().to_string()
-        )
-    };
-    let text = if text.contains("[proxy]") {
-        text
-    } else {
-        format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{text}")
-    };
-    let config = Config::parse(&text, std::path::Path::new("test.toml"), |_| None)
+        );
+    }
+    if !toml.contains("[proxy]") {
+        text = format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{text}");
+    } else if !toml.contains("listen") {
+        text = text.replacen("[proxy]\n", "[proxy]\nlisten = \"127.0.0.1:0\"\n", 1);
+    }
+    text
+}
+
+/// Like [`spawn_gateway`], reusing `dir` (its store file) — for restart tests. The
+/// completed configuration is written to `dir/keygate.toml` (reloads re-read it).
+pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway {
+    let key = dir.path().join("admin.key");
+    let text = complete_toml(toml, dir.path());
+    let path = dir.path().join("keygate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::parse(&text, &path, |_| None)
         .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
     let listeners = Listeners {
         proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -304,6 +330,7 @@ pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway
     let admin = listeners.admin.local_addr().unwrap();
     let gw = Gateway::start(config.clone()).await.expect("gateway start");
     let tokens = gw.tokens().clone();
+    let reload = gw.reload_handle();
     let admin_key = std::fs::read_to_string(&key)
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -318,6 +345,7 @@ pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway
         tokens,
         config,
         dir,
+        reload,
         stop: Some(stop),
         task: Some(task),
     }
