@@ -278,21 +278,22 @@ fn append_forwarded_for(h: &mut http::HeaderMap, conn: &ConnInfo) {
     }
 }
 
-/// The rustls error somewhere in `e`'s source chain, if the failure was TLS.
+/// The rustls error somewhere in `e`'s source chain, if the failure was TLS. io::Errors
+/// wrap it (tokio-rustls, then hyper-rustls again) and their `source()` skips the
+/// wrapped error itself, so each io::Error is opened with `get_ref`.
 fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
     while let Some(c) = cur {
         if let Some(t) = c.downcast_ref::<rustls::Error>() {
             return Some(t);
         }
-        if let Some(t) = c
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(t);
-        }
-        cur = c.source();
+        cur = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => c.source(),
+            },
+            None => c.source(),
+        };
     }
     None
 }

@@ -319,6 +319,10 @@ async fn spawn_tls_upstream(pair: &(String, String)) -> SocketAddr {
 
 #[tokio::test]
 async fn https_upstream_with_its_own_ca() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
     let upstream_ca = new_ca("upstream root");
     let other_ca = new_ca("some other root");
     let up = spawn_tls_upstream(&leaf(&upstream_ca, "upstream")).await;
