@@ -164,7 +164,7 @@ done
 
 run() { # port -> "rps p50 p99 non2xx"
   wrk -t1 -c64 -d"${SECS}s" --latency -s "$WORK/keys.lua" "http://127.0.0.1:$1" > "$WORK/wrk.out" 2>&1
-  python3 - "$WORK/wrk.out" <<'PY'
+  python3 - "$WORK/wrk.out" <<'PY' || { cat "$WORK/wrk.out" >&2; return 1; }
 import re, sys
 t = open(sys.argv[1]).read()
 def ms(s):

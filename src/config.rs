@@ -173,6 +173,9 @@ struct ModuleFile {
 pub struct Config {
     /// The file it was read from (for messages and SIGHUP reloads).
     pub source: PathBuf,
+    /// Which reload this is (0 at start-up). Cached permission sets index the module
+    /// list of one generation, so they are only used with that generation's table.
+    pub generation: u64,
     /// The proxy listener.
     pub proxy: ProxyConfig,
     /// The admin listener.
@@ -751,6 +754,7 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
 
     Ok(Config {
         source: path.to_path_buf(),
+        generation: 0,
         proxy,
         admin,
         store,

@@ -39,18 +39,19 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Derives the runtime tables from `config`.
-    pub fn new(config: Config) -> Runtime {
+    /// Derives the runtime tables and upstream clients from `config`; fails when an
+    /// upstream's TLS trust cannot be set up (unreadable `ca_file`, no system roots).
+    pub fn new(config: Config) -> Result<Runtime, String> {
         let header =
             |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("invalid"));
-        Runtime {
+        Ok(Runtime {
             routes: config.route_table(),
             module_names: config.modules.iter().map(|m| header(&m.name)).collect(),
             extension_names: config.extensions.iter().map(|e| header(&e.name)).collect(),
-            upstreams: Upstreams::new(),
+            upstreams: Upstreams::new(&config)?,
             module_metrics: OnceLock::new(),
             config,
-        }
+        })
     }
 
     /// The metric children of this generation's modules.

@@ -11,10 +11,12 @@ pub mod gateway;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod tokens;
 
@@ -24,13 +26,16 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use tokio::net::TcpListener;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, TlsFiles};
 use crate::gateway::{RequestIds, Runtime, Shared};
 use crate::metrics::Metrics;
 use crate::server::Limits;
 use crate::stats::{Clock, Stats, SystemClock};
 use crate::store::{EmbeddedStore, RedisStore, Store, TokenCache};
+use crate::tls::ServerTls;
 use crate::tokens::Tokens;
+
+pub use crate::reload::ReloadHandle;
 
 /// The two bound listeners.
 pub struct Listeners {
@@ -62,12 +67,16 @@ pub enum StartError {
     /// The metrics registry could not be built (a bug).
     #[error("metrics: {0}")]
     Metrics(String),
+    /// A listener certificate or an upstream's TLS trust could not be loaded.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A gateway whose store is open and whose cache is loaded.
 pub struct Gateway {
     shared: Arc<Shared>,
     tokens: Tokens,
+    reload: ReloadHandle,
 }
 
 impl Gateway {
@@ -81,6 +90,11 @@ impl Gateway {
         config: Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Gateway, StartError> {
+        // Certificates and upstream trust first: a bad file stops start-up before the
+        // store is touched.
+        let proxy_tls = load_tls("proxy.tls", config.proxy.tls.as_ref())?;
+        let admin_tls = load_tls("admin.tls", config.admin.tls.as_ref())?;
+        let runtime = Runtime::new(config.clone()).map_err(StartError::Tls)?;
         let store = match &config.store.backend {
             Backend::Embedded { path } => {
                 let path = path.clone();
@@ -122,15 +136,31 @@ impl Gateway {
                 .map_err(|e| StartError::Metrics(e.to_string()))?,
         );
         let stats = Stats::new(Arc::clone(&metrics), config.metrics.max_token_series, clock);
+        drop(config);
         let shared = Arc::new(Shared {
-            runtime: arc_swap::ArcSwap::from_pointee(Runtime::new(config)),
+            runtime: arc_swap::ArcSwap::from_pointee(runtime),
             store,
             cache,
             request_ids: RequestIds::default(),
             stats,
             metrics,
         });
-        Ok(Gateway { shared, tokens })
+        let reload = ReloadHandle {
+            shared: Arc::clone(&shared),
+            proxy_tls,
+            admin_tls,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        Ok(Gateway {
+            shared,
+            tokens,
+            reload,
+        })
+    }
+
+    /// A handle that re-reads the configuration file (what SIGHUP does).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     /// Token operations on this gateway's store and cache.
@@ -175,9 +205,12 @@ impl Gateway {
             let _ = rx.wait_for(|s| *s).await;
         };
         let proxy_shared = Arc::clone(&self.shared);
+        let proxy_tls = self.reload.proxy_tls.as_ref().map(|t| t.acceptor().clone());
+        let admin_tls = self.reload.admin_tls.as_ref().map(|t| t.acceptor().clone());
         let proxy = tokio::spawn(server::serve(
             listeners.proxy,
             limits,
+            proxy_tls,
             move |req, conn| gateway::handle(Arc::clone(&proxy_shared), req, conn),
             stopped(stop_rx.clone()),
         ));
@@ -194,6 +227,7 @@ impl Gateway {
         let admin = tokio::spawn(server::serve(
             listeners.admin,
             admin_limits,
+            admin_tls,
             move |req, conn| admin::handle(Arc::clone(&admin_shared), req, conn),
             stopped(stop_rx.clone()),
         ));
@@ -214,4 +248,10 @@ impl Gateway {
         }
         tracing::info!("stopped");
     }
+}
+
+fn load_tls(key: &str, files: Option<&TlsFiles>) -> Result<Option<ServerTls>, StartError> {
+    files
+        .map(|f| ServerTls::load(f).map_err(|e| StartError::Tls(format!("{key}: {e}"))))
+        .transpose()
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::config::{Config, DEFAULT_CONFIG_PATH};
-use keygate::{Gateway, Listeners};
+use keygate::{Gateway, Listeners, ReloadHandle};
 
 /// An authenticating reverse-proxy gateway.
 #[derive(Parser)]
@@ -37,6 +37,16 @@ enum Command {
     },
     /// Manage API tokens through the admin API.
     Token(Box<cli::TokenArgs>),
+    /// GET the admin listener's /healthz; exit 0 when it answers 200 (for container
+    /// health checks, where no curl is installed).
+    Healthcheck {
+        /// Configuration file (for the admin address and whether it uses TLS).
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,6 +61,7 @@ fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve(&config, log_format),
         Command::CheckConfig { config } => check_config(&config),
         Command::Token(args) => cli::run(*args).map_err(anyhow::Error::from),
+        Command::Healthcheck { config, timeout } => healthcheck(&config, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +79,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: logs piped to files or `docker logs` stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -90,6 +102,9 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     rt.block_on(async move {
+        // Installed before anything slow: SIGHUP's default action ends the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
         let listeners = Listeners::bind(&config).await.with_context(|| {
             format!(
                 "cannot bind {} / {}",
@@ -103,9 +118,18 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
             "keygate listening"
         );
         let gateway = Gateway::start(config).await?;
+        tokio::spawn(reload_on_hangup(hangups, gateway.reload_handle()));
         gateway.run(listeners, shutdown_signal()).await;
         anyhow::Ok(())
     })
+}
+
+/// Re-reads the configuration on every SIGHUP (the reload logs its own outcome).
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, reload: ReloadHandle) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = reload.reload().await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -172,4 +196,37 @@ fn upstream_text(m: &keygate::config::Module) -> String {
         if m.upstream.https { "https" } else { "http" },
         m.upstream.authority
     )
+}
+
+/// One `GET /healthz` on the admin listener (TLS when `[admin] tls` is set).
+fn healthcheck(path: &std::path::Path, timeout: u64) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let mut addr = config.admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let tls = config.admin.tls.is_some();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let status = rt.block_on(async move {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(timeout),
+            keygate::tls::probe_healthz(addr, tls),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {timeout}s"))?
+        .map_err(|e| anyhow::anyhow!("{addr}: {e}"))
+    })?;
+    if status == 200 {
+        println!("ok");
+        Ok(())
+    } else {
+        anyhow::bail!("{addr}/healthz answered {status}")
+    }
 }

@@ -1,6 +1,7 @@
 //! Forwarding: the upstream request (headers policy, normalised path), the pooled
 //! client, streaming bodies both ways, and 502/504 on upstream failure.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,11 +14,12 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Module;
+use crate::config::{Config, Module};
 use crate::error::{ApiError, UpstreamFailure};
 use crate::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_KEYGATE_EXTENSION,
@@ -25,6 +27,7 @@ use crate::headers::{
 };
 use crate::server::ConnInfo;
 use crate::store::AuthEntry;
+use crate::tls::{self, Trust};
 
 /// The body of every response keygate sends: its own (errors) or the upstream's, streamed.
 pub type ResBody = Either<Full<Bytes>, Incoming>;
@@ -38,33 +41,76 @@ const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// TCP connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The pooled upstream client.
+/// The connector: plain TCP for `http://`, rustls for `https://`.
+type Connector = HttpsConnector<HttpConnector>;
+/// One keep-alive pool.
+type Pool = Client<Connector, LimitedBody>;
+
+/// The pooled upstream clients of one configuration generation: one for modules using
+/// the system roots (and plain HTTP), one per distinct `ca_file`.
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Client<HttpConnector, LimitedBody>,
-}
-
-impl Default for Upstreams {
-    fn default() -> Self {
-        Self::new()
-    }
+    default: Pool,
+    by_ca: Vec<(PathBuf, Pool)>,
 }
 
 impl Upstreams {
-    /// A client with keep-alive pooling.
-    pub fn new() -> Upstreams {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(http);
-        Upstreams { client }
+    /// Builds the clients `config`'s modules need. Fails (naming the module) when a
+    /// `ca_file` is unusable, or when an https module relies on system roots and the
+    /// system has none.
+    pub fn new(config: &Config) -> Result<Upstreams, String> {
+        let system = config
+            .modules
+            .iter()
+            .find(|m| m.upstream.https && m.ca_file.is_none());
+        let trust = match system {
+            Some(_) => Trust::System,
+            None => Trust::Nothing,
+        };
+        let default = pool(tls::client_config(trust).map_err(|e| match system {
+            Some(m) => format!("module {:?} (https upstream, system roots): {e}", m.name),
+            None => e,
+        })?);
+        let mut by_ca: Vec<(PathBuf, Pool)> = Vec::new();
+        for m in &config.modules {
+            let Some(ca) = &m.ca_file else { continue };
+            if by_ca.iter().any(|(p, _)| p == ca) {
+                continue;
+            }
+            let tls = tls::client_config(Trust::File(ca))
+                .map_err(|e| format!("module {:?} ca_file: {e}", m.name))?;
+            by_ca.push((ca.clone(), pool(tls)));
+        }
+        Ok(Upstreams { default, by_ca })
     }
+
+    fn pool(&self, module: &Module) -> &Pool {
+        module
+            .ca_file
+            .as_ref()
+            .and_then(|ca| self.by_ca.iter().find(|(p, _)| p == ca))
+            .map_or(&self.default, |(_, c)| c)
+    }
+}
+
+/// A client with keep-alive pooling over `tls` (HTTP/1.1 only).
+fn pool(tls: rustls::ClientConfig) -> Pool {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    // The https connector below decides by scheme.
+    http.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .build(connector)
 }
 
 /// What the upstream request needs besides the client's request.
@@ -175,7 +221,8 @@ pub async fn forward(
     };
     let req = Request::from_parts(parts, body);
 
-    let res = match tokio::time::timeout(module.timeout, upstreams.client.request(req)).await {
+    let res = match tokio::time::timeout(module.timeout, upstreams.pool(module).request(req)).await
+    {
         Err(_) => return Err(ApiError::UpstreamTimeout),
         Ok(Err(e)) => {
             if exceeded.load(Ordering::Relaxed) {
@@ -186,7 +233,16 @@ pub async fn forward(
             } else {
                 UpstreamFailure::Protocol
             };
-            tracing::warn!(module = %module.name, kind = kind.as_str(), error = %error_chain(&e), "upstream request failed");
+            match tls_failure(&e) {
+                Some(tls) => tracing::warn!(
+                    module = %module.name, kind = kind.as_str(), tls_error = %tls,
+                    error = %error_chain(&e),
+                    "TLS handshake with the upstream failed (certificate not trusted? check the module's ca_file)"
+                ),
+                None => {
+                    tracing::warn!(module = %module.name, kind = kind.as_str(), error = %error_chain(&e), "upstream request failed")
+                }
+            }
             return Err(ApiError::UpstreamUnavailable(kind));
         }
         Ok(Ok(res)) => res,
@@ -220,6 +276,26 @@ fn append_forwarded_for(h: &mut http::HeaderMap, conn: &ConnInfo) {
     if let Ok(v) = HeaderValue::from_str(&joined) {
         h.insert(X_FORWARDED_FOR, v);
     }
+}
+
+/// The rustls error somewhere in `e`'s source chain, if the failure was TLS. io::Errors
+/// wrap it (tokio-rustls, then hyper-rustls again) and their `source()` skips the
+/// wrapped error itself, so each io::Error is opened with `get_ref`.
+fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        cur = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => c.source(),
+            },
+            None => c.source(),
+        };
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,21 +1,39 @@
-//! The accept loop: connection limit, hyper-util auto (HTTP/1.1 + h2c) per connection,
-//! header limits and timeouts, graceful drain with a deadline.
+//! The accept loop: connection limit, optional TLS (ALPN h2 / http/1.1), hyper-util
+//! auto (HTTP/1.1 + HTTP/2, h2c by prior knowledge) per connection, header limits,
+//! the header-read and idle timeouts, and graceful drain with a deadline.
+//!
+//! The two timeouts are kept by a small per-connection watchdog rather than by hyper:
+//! hyper's HTTP/1 `header_read_timeout` also runs while a keep-alive connection waits
+//! for its next request, which would make every idle connection close after the
+//! (short) header timeout. Here:
+//! - `header_read_timeout` runs from accept (after the TLS handshake) until the first
+//!   request head is complete, and later from the first byte of each following head;
+//!   a client still sending a head when it passes is disconnected (slowloris).
+//! - `idle_timeout` runs while a connection has no request in flight and no head is
+//!   arriving; when it passes the connection is closed gracefully (HTTP/2: GOAWAY).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
+
+use crate::tls::ALPN_H2;
 
 /// What a handler knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -29,14 +47,14 @@ pub struct ConnInfo {
 /// Limits and timeouts of one listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections served at once; more wait in the backlog.
+    /// Connections served at once; more wait in the kernel backlog.
     pub max_connections: usize,
-    /// Time to receive a whole request head (HTTP/1). hyper starts this clock when it
-    /// waits for a head, so it also bounds how long a keep-alive connection may sit idle.
+    /// Time to complete a TLS handshake, and to receive a request head (see the
+    /// module documentation for when the clock runs).
     pub header_read_timeout: Duration,
-    /// HTTP/2 connections with no open stream for this long are closed (PING keep-alive).
+    /// A connection with no request in flight and no head arriving is closed after this.
     pub idle_timeout: Duration,
-    /// Request head size limit (HTTP/1 buffer, HTTP/2 header list).
+    /// Request head size limit (HTTP/1 buffer, HTTP/2 header list); larger heads get 431.
     pub max_header_bytes: usize,
     /// Deadline for in-flight requests at shutdown.
     pub drain_timeout: Duration,
@@ -46,12 +64,27 @@ pub struct Limits {
 const MIN_BUF: usize = 8192;
 /// Back-off after an accept error (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// The HTTP/2 connection preface (RFC 9113 §3.4): how h2c prior knowledge is told
+/// apart from HTTP/1 for the timeouts.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves `listener` until `shutdown` resolves, then drains connections for at most
-/// `limits.drain_timeout`. Never fails: accept errors are logged and retried.
+/// What the accept loop tells its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish in-flight requests, accept no new ones on the connection.
+    Draining,
+    /// Drain deadline passed: close now.
+    Closing,
+}
+
+/// Serves `listener` (with TLS when `tls` is given) until `shutdown` resolves, then
+/// drains connections for at most `limits.drain_timeout`. Never fails: accept errors
+/// are logged and retried.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -65,19 +98,23 @@ pub async fn serve<H, F, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The watchdog keeps the head timeout (hyper's would also cut idle keep-alive).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // PINGs find dead peers; closing idle ones is the watchdog's job.
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(limits.header_read_timeout)
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Semaphore permits are u32 when taken all at once (the drain below).
+    let max = limits.max_connections.clamp(1, u32::MAX as usize);
+    let permits = Arc::new(Semaphore::new(max));
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
 
@@ -102,21 +139,37 @@ pub async fn serve<H, F, B>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo { remote, tls: false });
+        let conn = Conn {
+            builder: Arc::clone(&builder),
+            limits: limits.clone(),
+            phase: phase_rx.clone(),
+        };
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let fut = handler(req, Arc::clone(&info));
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let tls = tls.clone();
         let span = tracing::debug_span!("conn", %remote);
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                match tls {
+                    None => {
+                        let info = ConnInfo { remote, tls: false };
+                        conn.run(stream, false, info, handler).await;
+                    }
+                    Some(acceptor) => {
+                        let hs = tokio::time::timeout(
+                            conn.limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await;
+                        match hs {
+                            Ok(Ok(stream)) => {
+                                let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+                                let info = ConnInfo { remote, tls: true };
+                                conn.run(stream, h2, info, handler).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }
                 }
                 drop(permit);
             }
@@ -125,10 +178,330 @@ pub async fn serve<H, F, B>(
     }
     drop(listener);
     tracing::info!(listener = ?local, "draining connections");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    let _ = phase_tx.send(Phase::Draining);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.drain_timeout, permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!(listener = ?local, "drain deadline passed; closing remaining connections");
+        let _ = phase_tx.send(Phase::Closing);
+    }
+}
+
+/// What one connection task needs.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    phase: watch::Receiver<Phase>,
+}
+
+impl Conn {
+    /// Serves one (possibly TLS) connection until it ends, times out or is drained.
+    async fn run<I, H, F, B>(mut self, io: I, h2: bool, info: ConnInfo, handler: H)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let act = Arc::new(Activity::new(h2));
+        let info = Arc::new(info);
+        let svc_act = Arc::clone(&act);
+        let service = service_fn(move |req| {
+            // Called when a request head is complete (HTTP/1) or a stream opens (HTTP/2).
+            let guard = svc_act.request_started();
+            let fut = handler(req, Arc::clone(&info));
+            async move {
+                let res = fut.await;
+                Ok::<_, Infallible>(res.map(|inner| TrackedBody {
+                    inner,
+                    _guard: guard,
+                }))
+            }
+        });
+        let io = TrackedIo {
+            inner: io,
+            act: Arc::clone(&act),
+            sniffed: if h2 { H2_PREFACE.len() } else { 0 },
+            sniffing: !h2,
+        };
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let hrt = self.limits.header_read_timeout;
+        let idle = self.limits.idle_timeout;
+        let mut closing: Option<Instant> = None;
+        if *self.phase.borrow() != Phase::Serving {
+            conn.as_mut().graceful_shutdown();
+            closing = Some(Instant::now() + self.limits.drain_timeout);
+        }
+        loop {
+            let next = match act.verdict(hrt, idle) {
+                Verdict::HeadTimeout => {
+                    // Dropping the connection closes the socket; no answer is owed to a
+                    // client that has not finished asking.
+                    tracing::debug!(
+                        "request head not complete within header_read_timeout; closing"
+                    );
+                    return;
+                }
+                Verdict::Idle => match closing {
+                    None => {
+                        tracing::debug!("idle_timeout passed; closing");
+                        conn.as_mut().graceful_shutdown();
+                        // A peer that ignores GOAWAY is cut after one more head timeout.
+                        let until = Instant::now() + hrt;
+                        closing = Some(until);
+                        until
+                    }
+                    Some(until) if Instant::now() >= until => return,
+                    Some(until) => until,
+                },
+                Verdict::Wait(at) => at,
+            };
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = act.wake.notified() => {}
+                () = tokio::time::sleep_until(next) => {}
+                r = self.phase.changed() => {
+                    let phase = *self.phase.borrow_and_update();
+                    if r.is_err() || phase == Phase::Closing {
+                        return;
+                    }
+                    if closing.is_none() {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now() + self.limits.drain_timeout);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// "Not set" for [`Activity::head_since`].
+const NONE: u64 = u64::MAX;
+
+/// What the watchdog knows about a connection, written by the IO wrapper (bytes
+/// arrived), the service (request started) and the response bodies (request done).
+struct Activity {
+    epoch: Instant,
+    /// Requests whose response body has not been sent (or dropped) yet.
+    inflight: AtomicUsize,
+    /// Milliseconds since `epoch` when `inflight` last became 0.
+    idle_since: AtomicU64,
+    /// Milliseconds since `epoch` when the head now arriving started, or [`NONE`].
+    head_since: AtomicU64,
+    /// HTTP/2: there are no heads to time, only streams.
+    h2: AtomicBool,
+    /// Wakes the watchdog when a deadline moves earlier.
+    wake: Notify,
+}
+
+enum Verdict {
+    /// Nothing to do before this instant (or a wake-up).
+    Wait(Instant),
+    /// A head took longer than `header_read_timeout`.
+    HeadTimeout,
+    /// No request for `idle_timeout`.
+    Idle,
+}
+
+impl Activity {
+    fn new(h2: bool) -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            // The first head is timed from accept: a client that connects and sends
+            // nothing holds a connection slot as surely as a slow one.
+            head_since: AtomicU64::new(if h2 { NONE } else { 0 }),
+            h2: AtomicBool::new(h2),
+            wake: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived: on an HTTP/1 connection with nothing in flight they start a head.
+    fn on_read(&self) {
+        if self.inflight.load(Ordering::Acquire) == 0
+            && !self.h2.load(Ordering::Relaxed)
+            && self
+                .head_since
+                .compare_exchange(NONE, self.now(), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The connection turned out to be HTTP/2 (prior knowledge).
+    fn is_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+        self.head_since.store(NONE, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn request_started(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NONE, Ordering::Release);
+        InflightGuard(Arc::clone(self))
+    }
+
+    fn request_finished(&self) {
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.store(self.now(), Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    fn verdict(&self, header_read_timeout: Duration, idle_timeout: Duration) -> Verdict {
+        let now = self.now();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE / 2);
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            // The last request to finish wakes us; this is only a safety net.
+            return Verdict::Wait(self.at(now.saturating_add(ms(idle_timeout))));
+        }
+        let head = self.head_since.load(Ordering::Acquire);
+        if head != NONE {
+            let deadline = head.saturating_add(ms(header_read_timeout));
+            return if now >= deadline {
+                Verdict::HeadTimeout
+            } else {
+                Verdict::Wait(self.at(deadline))
+            };
+        }
+        let deadline = self
+            .idle_since
+            .load(Ordering::Acquire)
+            .saturating_add(ms(idle_timeout));
+        if now >= deadline {
+            Verdict::Idle
+        } else {
+            Verdict::Wait(self.at(deadline))
+        }
+    }
+}
+
+/// Marks a request done when dropped (its response body finished or was abandoned).
+struct InflightGuard(Arc<Activity>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until it is done.
+    struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _guard: InflightGuard,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The connection's IO, reporting arriving bytes to the watchdog and recognising
+    /// the HTTP/2 preface.
+    struct TrackedIo<I> {
+        #[pin]
+        inner: I,
+        act: Arc<Activity>,
+        sniffed: usize,
+        sniffing: bool,
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            if *this.sniffing {
+                let want = &H2_PREFACE[*this.sniffed..];
+                let n = want.len().min(new.len());
+                if new[..n] == want[..n] {
+                    *this.sniffed += n;
+                    if *this.sniffed == H2_PREFACE.len() {
+                        *this.sniffing = false;
+                        this.act.is_h2();
+                    }
+                } else {
+                    *this.sniffing = false;
+                }
+            }
+            this.act.on_read();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

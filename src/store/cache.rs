@@ -75,6 +75,8 @@ pub struct AuthEntry {
     pub external_id: Option<Box<str>>,
     /// The token's version: a cached entry is never replaced by an older one.
     pub version: u64,
+    /// The configuration generation `perms` and `extension` index into.
+    pub generation: u64,
 }
 
 impl AuthEntry {
@@ -97,6 +99,7 @@ impl AuthEntry {
             perms: PermSet::from_names(&token.permissions, config),
             external_id: token.external_id.as_deref().map(Box::from),
             version: token.version,
+            generation: config.generation,
         }
     }
 
@@ -190,19 +193,25 @@ impl TokenCache {
     }
 
     /// Looks `id` up: cache, then (unless the cache is complete) the store, with one
-    /// store read per id in flight at a time.
+    /// store read per id in flight at a time. An entry built for another configuration
+    /// generation (modules reloaded) is re-read, so its module bits never meet a route
+    /// table of another module list.
     pub async fn lookup(&self, id: TokenId, store: &Store, config: &Config) -> Lookup {
-        if let Some(e) = self.get(id) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            // A shared store down for longer than max_stale: the entry may have been
-            // disabled or deleted elsewhere meanwhile, so stop trusting it.
-            if !self.complete && !store.cache_trusted(config.store.max_stale) {
-                return Lookup::Unavailable;
+        let stale = match self.get(id) {
+            Some(e) if e.generation == config.generation => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                // A shared store down for longer than max_stale: the entry may have been
+                // disabled or deleted elsewhere meanwhile, so stop trusting it.
+                if !self.complete && !store.cache_trusted(config.store.max_stale) {
+                    return Lookup::Unavailable;
+                }
+                return Lookup::Found(e);
             }
-            return Lookup::Found(e);
-        }
+            Some(_) => true,
+            None => false,
+        };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        if self.complete {
+        if self.complete && !stale {
             return Lookup::Unknown;
         }
         let key = id.number();
@@ -231,6 +240,7 @@ impl TokenCache {
                         Lookup::Found(entry)
                     }
                     Ok(None) => {
+                        self.entries.remove(&key);
                         self.remember_unknown(key);
                         Lookup::Unknown
                     }
@@ -240,7 +250,15 @@ impl TokenCache {
             .await
             .clone();
         self.inflight.remove(&key);
-        result
+        match result {
+            // A request of another generation filled the shared read: build ours.
+            Lookup::Found(e) if e.generation != config.generation => match store.get(id).await {
+                Ok(Some(token)) => Lookup::Found(Arc::new(AuthEntry::new(&token, config))),
+                Ok(None) => Lookup::Unknown,
+                Err(_) => Lookup::Unavailable,
+            },
+            other => other,
+        }
     }
 
     fn remember_unknown(&self, key: u32) {

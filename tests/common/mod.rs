@@ -211,6 +211,8 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
     /// The gateway's shared state (statistics, metrics, store).
     pub shared: Arc<keygate::gateway::Shared>,
+    /// Re-reads `config_path()` (what SIGHUP does).
+    pub reload: keygate::ReloadHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -223,6 +225,15 @@ impl TestGateway {
     /// `http://admin`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+    /// The configuration file the gateway was started from.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("keygate.toml")
+    }
+    /// Rewrites the configuration file from `toml` (completed as by [`spawn_gateway`]);
+    /// call `reload.reload()` to apply it.
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(self.config_path(), complete_toml(toml, self.dir.path())).unwrap();
     }
     /// Creates a token with these permissions; returns (id, "id:secret").
     pub async fn token(&self, permissions: &[&str]) -> (TokenId, String) {
@@ -281,7 +292,37 @@ pub async fn spawn_gateway(toml: &str) -> TestGateway {
     spawn_gateway_in(toml, dir).await
 }
 
-/// Like [`spawn_gateway`], reusing `dir` (its store file) — for restart tests.
+/// Fills in what a test config leaves out: admin listener, bootstrap key file, store
+/// in `dir`, proxy listener on port 0.
+pub fn complete_toml(toml: &str, dir: &std::path::Path) -> String {
+    let store = dir.join("keygate.redb");
+    let key = dir.join("admin.key");
+    let admin = format!(
+        "listen = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n",
+        key.display().to_string()
+    );
+    // A test may bring its own [admin] table (e.g. for tls); the lines go into it.
+    let mut text = if toml.contains("[admin]\n") {
+        toml.replacen("[admin]\n", &format!("[admin]\n{admin}"), 1)
+    } else {
+        format!("[admin]\n{admin}{toml}")
+    };
+    if !toml.contains("[store]") {
+        text = format!(
+            "[store]\nbackend = \"embedded\"\npath = {:?}\n{text}",
+            store.display().to_string()
+        );
+    }
+    if !toml.contains("[proxy]") {
+        text = format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{text}");
+    } else if !toml.contains("listen") {
+        text = text.replacen("[proxy]\n", "[proxy]\nlisten = \"127.0.0.1:0\"\n", 1);
+    }
+    text
+}
+
+/// Like [`spawn_gateway`], reusing `dir` (its store file) — for restart tests. The
+/// completed configuration is written to `dir/keygate.toml` (reloads re-read it).
 pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway {
     spawn_gateway_with_clock(toml, dir, Arc::new(keygate::stats::SystemClock)).await
 }
@@ -292,26 +333,11 @@ pub async fn spawn_gateway_with_clock(
     dir: tempfile::TempDir,
     clock: Arc<dyn keygate::stats::Clock>,
 ) -> TestGateway {
-    let store = dir.path().join("keygate.redb");
     let key = dir.path().join("admin.key");
-    let text = if toml.contains("[store]") {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n{toml}",
-            key.display().to_string()
-        )
-    } else {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n[store]\nbackend = \"embedded\"\npath = {:?}\n{toml}",
-            key.display().to_string(),
-            store.display().to_string()
-        )
-    };
-    let text = if text.contains("[proxy]") {
-        text
-    } else {
-        format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{text}")
-    };
-    let config = Config::parse(&text, std::path::Path::new("test.toml"), |_| None)
+    let text = complete_toml(toml, dir.path());
+    let path = dir.path().join("keygate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::parse(&text, &path, |_| None)
         .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
     let listeners = Listeners {
         proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -324,6 +350,7 @@ pub async fn spawn_gateway_with_clock(
         .expect("gateway start");
     let tokens = gw.tokens().clone();
     let shared = Arc::clone(gw.shared());
+    let reload = gw.reload_handle();
     let admin_key = std::fs::read_to_string(&key)
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -339,6 +366,7 @@ pub async fn spawn_gateway_with_clock(
         config,
         dir,
         shared,
+        reload,
         stop: Some(stop),
         task: Some(task),
     }
