@@ -1,4 +1,6 @@
-//! The admin listener: health, readiness and (later) the token API.
+//! The admin listener: health, readiness, the web console and (later) the token API.
+
+pub mod console;
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ pub async fn handle(
                 r#"{"status":"store unavailable"}"#,
             ),
         },
-        _ => ApiError::NotFound.to_response(),
+        _ => console::serve(&req).unwrap_or_else(|| ApiError::NotFound.to_response()),
     }
 }
 
