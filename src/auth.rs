@@ -1,8 +1,15 @@
-//! The `Authorization` header → a presented credential. Bounded, never panics.
+//! The `Authorization` header → a presented credential → a verified token. Bounded,
+//! never panics. Shared by the proxy and the admin listener so both answer alike.
+
+use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use jiff::Timestamp;
 
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::{AuthEntry, Lookup, Store, TokenCache};
 use crate::token::Credential;
 
 /// Longest `Authorization` value we look at; anything longer cannot be a credential.
@@ -56,6 +63,46 @@ pub fn parse(value: &[u8]) -> Presented<'_> {
         Some(c) => Presented::Credential(c),
         None => Presented::Unparsable,
     }
+}
+
+/// Checks the credential: the header, the token, the secret (SPEC §2 checks 1-4).
+/// Returns the token's entry; whether it may be used is [`check_usable`]'s answer.
+pub async fn authenticate(
+    headers: &HeaderMap,
+    cache: &TokenCache,
+    store: &Store,
+    config: &Config,
+) -> Result<Arc<AuthEntry>, ApiError> {
+    let (id, hash) = match presented(headers) {
+        Err(MultipleAuthorization) => {
+            return Err(ApiError::Malformed(
+                "more than one Authorization header".into(),
+            ));
+        }
+        Ok(Presented::Missing) => return Err(ApiError::AuthMissing),
+        Ok(Presented::Unparsable) => return Err(ApiError::AuthInvalid),
+        Ok(Presented::Credential(c)) => (c.id, c.secret_hash()),
+    };
+    let entry = match cache.lookup(id, store, config).await {
+        Lookup::Found(e) => e,
+        Lookup::Unknown => return Err(ApiError::AuthInvalid),
+        Lookup::Unavailable => return Err(ApiError::StoreUnavailable),
+    };
+    if !entry.verify(&hash, Timestamp::now().as_second()) {
+        return Err(ApiError::AuthInvalid);
+    }
+    Ok(entry)
+}
+
+/// Checks that an authenticated token may be used at `now_unix` (SPEC §2 checks 5-6).
+pub fn check_usable(entry: &AuthEntry, now_unix: i64) -> Result<(), ApiError> {
+    if entry.disabled {
+        return Err(ApiError::AuthDisabled);
+    }
+    if entry.expired(now_unix) {
+        return Err(ApiError::AuthExpired);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,14 +10,14 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use jiff::Timestamp;
 
-use crate::auth::{self, Presented};
+use crate::auth;
 use crate::config::Config;
 use crate::error::{ApiError, Source};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::proxy::{self, Forward, ResBody, Upstreams};
 use crate::routes::{self, RouteTable};
 use crate::server::ConnInfo;
-use crate::store::{AuthEntry, Lookup, Store, TokenCache};
+use crate::store::{Store, TokenCache};
 use crate::token::TokenId;
 
 /// What one configuration generation derives: swapped whole on reload.
@@ -155,15 +155,9 @@ async fn process(
     rec.path = Some(path.clone());
 
     // authenticate
-    let entry = authenticate(shared, rt, &req).await?;
+    let entry = auth::authenticate(req.headers(), &shared.cache, &shared.store, &rt.config).await?;
     rec.token = Some(entry.id);
-    let now = Timestamp::now().as_second();
-    if entry.disabled {
-        return Err(ApiError::AuthDisabled);
-    }
-    if entry.expired(now) {
-        return Err(ApiError::AuthExpired);
-    }
+    auth::check_usable(&entry, Timestamp::now().as_second())?;
 
     // authorize: upstream_peer
     let module_index = rt.routes.lookup(&path).ok_or(ApiError::RouteNotFound)?;
@@ -212,31 +206,4 @@ fn request_filter(req: &Request<Incoming>) -> Result<String, ApiError> {
         ));
     }
     routes::normalize_path(uri.path()).map_err(|e| ApiError::Malformed(e.to_string()))
-}
-
-/// Checks the credential: the header, the token, the secret.
-async fn authenticate(
-    shared: &Shared,
-    rt: &Runtime,
-    req: &Request<Incoming>,
-) -> Result<Arc<AuthEntry>, ApiError> {
-    let (id, hash) = match auth::presented(req.headers()) {
-        Err(_) => {
-            return Err(ApiError::Malformed(
-                "more than one Authorization header".into(),
-            ));
-        }
-        Ok(Presented::Missing) => return Err(ApiError::AuthMissing),
-        Ok(Presented::Unparsable) => return Err(ApiError::AuthInvalid),
-        Ok(Presented::Credential(c)) => (c.id, c.secret_hash()),
-    };
-    let entry = match shared.cache.lookup(id, &shared.store, &rt.config).await {
-        Lookup::Found(e) => e,
-        Lookup::Unknown => return Err(ApiError::AuthInvalid),
-        Lookup::Unavailable => return Err(ApiError::StoreUnavailable),
-    };
-    if !entry.verify(&hash, Timestamp::now().as_second()) {
-        return Err(ApiError::AuthInvalid);
-    }
-    Ok(entry)
 }

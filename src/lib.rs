@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use crate::config::{Backend, Config};
 use crate::gateway::{RequestIds, Runtime, Shared};
 use crate::server::Limits;
-use crate::store::{EmbeddedStore, Store, TokenCache};
+use crate::store::{EmbeddedStore, RedisStore, Store, TokenCache};
 use crate::tokens::Tokens;
 
 /// The two bound listeners.
@@ -75,11 +75,11 @@ impl Gateway {
                     .map_err(|e| StartError::Store(e.to_string()))?;
                 Store::Embedded(Arc::new(s))
             }
-            Backend::Redis { .. } => {
-                return Err(StartError::Store(
-                    "store.backend = \"redis\" is not available in this build yet".into(),
-                ));
-            }
+            Backend::Redis { url, key_prefix } => Store::Redis(Arc::new(
+                RedisStore::open(url, key_prefix)
+                    .await
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            )),
         };
         let cache = Arc::new(TokenCache::new(store.is_exclusive()));
         if store.is_exclusive() {
@@ -152,6 +152,15 @@ impl Gateway {
             move |req, conn| gateway::handle(Arc::clone(&proxy_shared), req, conn),
             stopped(stop_rx.clone()),
         ));
+        // A shared store: follow other instances' changes (see store::sync).
+        let sync = match &self.shared.store {
+            Store::Redis(redis) => Some(tokio::spawn(store::sync::run(
+                Arc::clone(&self.shared),
+                Arc::clone(redis),
+                stopped(stop_rx.clone()),
+            ))),
+            Store::Embedded(_) => None,
+        };
         let admin_shared = Arc::clone(&self.shared);
         let admin = tokio::spawn(server::serve(
             listeners.admin,
@@ -163,6 +172,9 @@ impl Gateway {
         let _ = stop_tx.send(true);
         let _ = proxy.await;
         let _ = admin.await;
+        if let Some(sync) = sync {
+            let _ = sync.await;
+        }
         tracing::info!("stopped");
     }
 }

@@ -1,4 +1,6 @@
-//! The `keygate` command: `serve`, `check-config`, and (later) `token …`.
+//! The `keygate` command: `serve`, `check-config`, and `token …` (see `cli.rs`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +35,8 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Manage API tokens through the admin API.
+    Token(Box<cli::TokenArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(&config, log_format),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Token(args) => cli::run(*args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

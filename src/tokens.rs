@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
 use crate::error::ApiError;
-use crate::store::{Store, StoreError, TokenCache};
+use crate::store::{Event, Store, StoreError, TokenCache};
 use crate::token::{Secret, Token, TokenId};
 
 /// Longest token name, in characters.
@@ -37,7 +37,16 @@ pub enum Expiry {
 }
 
 impl Expiry {
-    /// The expiry time and the validity period it stands for, checked to be in the future.
+    /// The API field this expiry came from, for error messages.
+    pub fn field(self) -> &'static str {
+        match self {
+            Expiry::At(_) => "expires_at",
+            Expiry::Perpetual | Expiry::In(_) => "expires_in",
+        }
+    }
+
+    /// The expiry time (whole seconds, as the API shows it and the cache compares it)
+    /// and the validity period it stands for, checked to be in the future.
     pub fn resolve(
         self,
         now: Timestamp,
@@ -46,6 +55,7 @@ impl Expiry {
         match self {
             Expiry::Perpetual => Ok((None, None)),
             Expiry::At(t) => {
+                let t = whole_seconds(t);
                 if t <= now {
                     return Err(ApiError::Validation(format!(
                         "{field}: must be in the future"
@@ -64,10 +74,15 @@ impl Expiry {
                 let at = now
                     .checked_add(signed)
                     .map_err(|_| ApiError::Validation(format!("{field}: too long")))?;
-                Ok((Some(at), Some(d.as_secs() as i64)))
+                Ok((Some(whole_seconds(at)), Some(d.as_secs() as i64)))
             }
         }
     }
+}
+
+/// `t` without its fraction of a second.
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 /// What a new token is made of.
@@ -210,7 +225,7 @@ impl Tokens {
         let extension = new.extension.unwrap_or_else(|| "custom".into());
         check_extension(&extension, config)?;
         check_permissions(&new.permissions, config)?;
-        let (expires_at, validity_secs) = new.expiry.resolve(now, "expires")?;
+        let (expires_at, validity_secs) = new.expiry.resolve(now, new.expiry.field())?;
         let secret = Secret::generate();
         let mut token = Token {
             id: TokenId::random(),
@@ -284,6 +299,32 @@ impl Tokens {
         Err(ApiError::Internal)
     }
 
+    /// Appends an audit event to `id`'s log. A failure is logged, not returned: the
+    /// change it records has already happened and must still be answered.
+    pub async fn audit(
+        &self,
+        id: TokenId,
+        actor: Option<TokenId>,
+        action: &str,
+        fields: Vec<String>,
+        now: Timestamp,
+    ) {
+        let event = Event {
+            at: now,
+            actor,
+            action: action.to_string(),
+            fields,
+        };
+        if let Err(e) = self.store.append_event(id, &event).await {
+            tracing::error!(token = %id, action, error = %e, "cannot append the audit event");
+        }
+    }
+
+    /// A token's audit events, oldest first (kept after the token is deleted).
+    pub async fn events(&self, id: TokenId) -> Result<Vec<Event>, ApiError> {
+        self.store.events(id).await.map_err(store_error)
+    }
+
     /// Deletes a token.
     pub async fn delete(&self, id: TokenId) -> Result<(), ApiError> {
         let existed = self.store.delete(id).await.map_err(store_error)?;
@@ -337,6 +378,15 @@ impl Tokens {
             return Err(format!("cannot write {}: {e}", key_file.display()));
         }
         self.cache.put(&token, config);
+        let fields = ["name", "description", "extension", "permissions"];
+        self.audit(
+            token.id,
+            None,
+            "created",
+            fields.map(String::from).to_vec(),
+            now,
+        )
+        .await;
         Ok(Some(token.id))
     }
 }

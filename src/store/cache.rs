@@ -73,6 +73,8 @@ pub struct AuthEntry {
     pub perms: PermSet,
     /// External id, when set.
     pub external_id: Option<Box<str>>,
+    /// The token's version: a cached entry is never replaced by an older one.
+    pub version: u64,
 }
 
 impl AuthEntry {
@@ -94,6 +96,7 @@ impl AuthEntry {
                 .map(|p| Box::new((p.hash, p.until.as_second()))),
             perms: PermSet::from_names(&token.permissions, config),
             external_id: token.external_id.as_deref().map(Box::from),
+            version: token.version,
         }
     }
 
@@ -125,11 +128,22 @@ pub enum Lookup {
     Unavailable,
 }
 
+/// Ids invalidated recently, remembered so that a store read which started before the
+/// invalidation cannot put the old token back; when full it is emptied and every read
+/// older than that moment is refused instead.
+pub const INVALIDATED_CAPACITY: usize = 65_536;
+
 /// The token cache.
 pub struct TokenCache {
     entries: DashMap<u32, Arc<AuthEntry>>,
     negative: DashMap<u32, Instant>,
     inflight: DashMap<u32, Arc<OnceCell<Lookup>>>,
+    /// Invalidation counter: bumped by every [`TokenCache::remove`].
+    generation: AtomicU64,
+    /// id → generation of its last invalidation.
+    invalidated: DashMap<u32, u64>,
+    /// Reads that started before this generation are not cached.
+    floor: AtomicU64,
     /// The cache holds every token (exclusive store): a miss means unknown.
     complete: bool,
     hits: AtomicU64,
@@ -143,6 +157,9 @@ impl TokenCache {
             entries: DashMap::new(),
             negative: DashMap::new(),
             inflight: DashMap::new(),
+            generation: AtomicU64::new(0),
+            invalidated: DashMap::new(),
+            floor: AtomicU64::new(0),
             complete,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -177,6 +194,11 @@ impl TokenCache {
     pub async fn lookup(&self, id: TokenId, store: &Store, config: &Config) -> Lookup {
         if let Some(e) = self.get(id) {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            // A shared store down for longer than max_stale: the entry may have been
+            // disabled or deleted elsewhere meanwhile, so stop trusting it.
+            if !self.complete && !store.cache_trusted(config.store.max_stale) {
+                return Lookup::Unavailable;
+            }
             return Lookup::Found(e);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -198,10 +220,14 @@ impl TokenCache {
         );
         let result = cell
             .get_or_init(|| async {
+                if !store.accepts_reads() {
+                    return Lookup::Unavailable;
+                }
+                let started = self.read_started();
                 match store.get(id).await {
                     Ok(Some(token)) => {
                         let entry = Arc::new(AuthEntry::new(&token, config));
-                        self.entries.insert(key, Arc::clone(&entry));
+                        self.fill(&entry, started);
                         Lookup::Found(entry)
                     }
                     Ok(None) => {
@@ -224,21 +250,77 @@ impl TokenCache {
         self.negative.insert(key, Instant::now());
     }
 
-    /// Caches (or refreshes) `token`.
+    /// Caches (or refreshes) `token` as written by this process; an entry with a
+    /// newer version is kept.
     pub fn put(&self, token: &Token, config: &Config) {
         self.negative.remove(&token.id.number());
-        self.entries
-            .insert(token.id.number(), Arc::new(AuthEntry::new(token, config)));
+        self.insert_newest(Arc::new(AuthEntry::new(token, config)));
     }
 
-    /// Drops `id` (deleted, or changed elsewhere: the next request re-reads it).
+    /// A marker to take before reading a token from the store, for [`TokenCache::fill`].
+    pub fn read_started(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Caches `token` read from the store, unless it was invalidated after the read
+    /// began (`started` from [`TokenCache::read_started`]): then the read may predate a
+    /// delete or disable and must not be put back. Returns whether it was cached.
+    pub fn fill_token(&self, token: &Token, config: &Config, started: u64) -> bool {
+        self.fill(&Arc::new(AuthEntry::new(token, config)), started)
+    }
+
+    fn fill(&self, entry: &Arc<AuthEntry>, started: u64) -> bool {
+        let key = entry.id.number();
+        // Checked while holding the entry's shard lock: `remove` records the
+        // invalidation before it takes that lock to drop the entry, so either we see
+        // the invalidation here or `remove` drops what we insert.
+        let slot = self.entries.entry(key);
+        if self.floor.load(Ordering::SeqCst) > started
+            || self.invalidated.get(&key).is_some_and(|g| *g > started)
+        {
+            return false;
+        }
+        Self::keep_newest(slot, Arc::clone(entry));
+        self.negative.remove(&key);
+        true
+    }
+
+    fn insert_newest(&self, entry: Arc<AuthEntry>) {
+        Self::keep_newest(self.entries.entry(entry.id.number()), entry);
+    }
+
+    fn keep_newest(slot: dashmap::Entry<'_, u32, Arc<AuthEntry>>, entry: Arc<AuthEntry>) {
+        match slot {
+            dashmap::Entry::Occupied(mut o) => {
+                if o.get().version <= entry.version {
+                    o.insert(entry);
+                }
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
+    }
+
+    /// Drops `id` (deleted, or changed elsewhere: the next request re-reads it), and
+    /// keeps reads already under way from putting the old token back.
     pub fn remove(&self, id: TokenId) {
-        self.entries.remove(&id.number());
-        self.negative.remove(&id.number());
+        let key = id.number();
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.invalidated.len() >= INVALIDATED_CAPACITY {
+            self.invalidated.clear();
+            self.floor.store(generation, Ordering::SeqCst);
+        }
+        self.invalidated.insert(key, generation);
+        self.entries.remove(&key);
+        self.negative.remove(&key);
     }
 
-    /// Drops everything.
+    /// Drops everything (reads under way are not cached either).
     pub fn clear(&self) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.floor.store(generation, Ordering::SeqCst);
+        self.invalidated.clear();
         self.entries.clear();
         self.negative.clear();
     }
@@ -269,8 +351,73 @@ pub fn unix(t: Timestamp) -> i64 {
 mod tests {
     use super::*;
     use crate::store::EmbeddedStore;
+    use crate::token::Secret;
 
     fn config() -> Config {
+        Config::parse(
+            "[[modules]]\nname = \"agreements\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
+            std::path::Path::new("test.toml"),
+            |_| None,
+        )
+        .expect("valid config")
+    }
+
+    fn token(version: u64) -> Token {
+        let now = Timestamp::now();
+        Token {
+            id: TokenId::new(42).expect("id"),
+            name: "t".into(),
+            description: String::new(),
+            external_id: None,
+            extension: "custom".into(),
+            permissions: vec!["agreements".into()],
+            disabled: false,
+            expires_at: None,
+            validity_secs: None,
+            created_at: now,
+            updated_at: now,
+            created_by: None,
+            last_used_at: None,
+            secret_hash: Secret::generate().hash(),
+            previous_secret: None,
+            version,
+        }
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let (cache, config) = (TokenCache::new(false), config());
+        let mut v2 = token(2);
+        v2.disabled = true;
+        cache.put(&v2, &config);
+        cache.put(&token(1), &config);
+        let e = cache.get(v2.id).expect("cached");
+        assert_eq!((e.version, e.disabled), (2, true));
+        let started = cache.read_started();
+        assert!(cache.fill_token(&token(1), &config, started));
+        assert_eq!(cache.get(v2.id).expect("cached").version, 2);
+    }
+
+    #[test]
+    fn a_read_that_began_before_an_invalidation_is_not_cached() {
+        let (cache, config) = (TokenCache::new(false), config());
+        let t = token(1);
+        let started = cache.read_started();
+        // Deleted elsewhere while the read was under way.
+        cache.remove(t.id);
+        assert!(!cache.fill_token(&t, &config, started));
+        assert!(cache.get(t.id).is_none());
+        // A read that began afterwards is cached.
+        let started = cache.read_started();
+        assert!(cache.fill_token(&t, &config, started));
+        assert!(cache.get(t.id).is_some());
+        // clear() refuses every read that began before it.
+        let started = cache.read_started();
+        cache.clear();
+        assert!(!cache.fill_token(&t, &config, started));
+    }
+
+    fn two_modules() -> Config {
         Config::parse(
             "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n[[modules]]\nname = \"b\"\nprefixes = [\"/b\"]\nupstream = \"http://127.0.0.1:1\"\n",
             std::path::Path::new("t.toml"),
@@ -285,7 +432,7 @@ mod tests {
         let store = Store::Embedded(Arc::new(
             EmbeddedStore::open(&dir.path().join("s.redb")).unwrap(),
         ));
-        let config = config();
+        let config = two_modules();
         let cache = TokenCache::new(false);
         for i in 0..(NEGATIVE_CAPACITY as u32 + 1000) {
             let id = TokenId::new(i).unwrap();
@@ -301,7 +448,7 @@ mod tests {
 
     #[test]
     fn permsets_follow_module_indices() {
-        let config = config();
+        let config = two_modules();
         let p = PermSet::from_names(&["b".into(), "gone".into()], &config);
         assert!(!p.allows(0) && p.allows(1) && !p.allows(2) && !p.allows(10_000));
         let all = PermSet::from_names(&["all".into()], &config);

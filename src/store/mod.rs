@@ -5,6 +5,8 @@
 
 pub mod cache;
 pub mod embedded;
+pub mod redis;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use crate::token::{Token, TokenId};
 
 pub use cache::{AuthEntry, Lookup, PermSet, TokenCache};
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub enum Store {
     /// redb file.
     Embedded(Arc<EmbeddedStore>),
+    /// Redis, standalone or cluster, shared by many instances.
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
@@ -40,6 +45,26 @@ impl Store {
     pub fn is_exclusive(&self) -> bool {
         match self {
             Store::Embedded(_) => true,
+            Store::Redis(_) => false,
+        }
+    }
+
+    /// Whether a cache miss may ask the store now. `false` while a shared store is
+    /// known to be down, so misses answer 503 at once instead of each waiting for a
+    /// deadline (the health check in [`sync`] notices when it is back).
+    pub fn accepts_reads(&self) -> bool {
+        match self {
+            Store::Embedded(_) => true,
+            Store::Redis(s) => s.is_up(),
+        }
+    }
+
+    /// Whether cached tokens may still be trusted: always, unless a shared store has
+    /// not answered for longer than `max_stale`.
+    pub fn cache_trusted(&self, max_stale: std::time::Duration) -> bool {
+        match self {
+            Store::Embedded(_) => true,
+            Store::Redis(s) => s.is_up() || s.since_last_ok() <= max_stale,
         }
     }
 
@@ -47,6 +72,7 @@ impl Store {
     pub async fn ping(&self) -> StoreResult<()> {
         match self {
             Store::Embedded(_) => Ok(()),
+            Store::Redis(s) => s.ping().await,
         }
     }
 
@@ -54,6 +80,7 @@ impl Store {
     pub async fn get(&self, id: TokenId) -> StoreResult<Option<Token>> {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.get(id)).await,
+            Store::Redis(s) => s.get(id).await,
         }
     }
 
@@ -61,6 +88,7 @@ impl Store {
     pub async fn list(&self) -> StoreResult<Vec<Token>> {
         match self {
             Store::Embedded(s) => blocking(s, |s| s.list()).await,
+            Store::Redis(s) => s.list().await,
         }
     }
 
@@ -69,6 +97,7 @@ impl Store {
         let token = token.clone();
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.insert(&token)).await,
+            Store::Redis(s) => s.insert(&token).await,
         }
     }
 
@@ -78,6 +107,7 @@ impl Store {
         let token = token.clone();
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.replace(&token, expected_version)).await,
+            Store::Redis(s) => s.replace(&token, expected_version).await,
         }
     }
 
@@ -85,6 +115,7 @@ impl Store {
     pub async fn delete(&self, id: TokenId) -> StoreResult<bool> {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.delete(id)).await,
+            Store::Redis(s) => s.delete(id).await,
         }
     }
 
@@ -94,6 +125,7 @@ impl Store {
         let token = token.clone();
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.insert_bootstrap(&token)).await,
+            Store::Redis(s) => s.insert_bootstrap(&token).await,
         }
     }
 }
@@ -154,12 +186,14 @@ pub fn day_from_number(n: i32) -> jiff::civil::Date {
 }
 
 impl Store {
-    /// Adds day counts (increments; commutative, so batches may be retried only if the
-    /// caller knows they were not applied).
+    /// Adds day counts (increments). Atomic per call on both backends (one redb
+    /// transaction; one Lua script on Redis): on `Err` nothing was applied, so the
+    /// caller may keep the batch and retry it without double counting.
     pub async fn add_counts(&self, batch: &[(TokenId, i32, ClassCounts)]) -> StoreResult<()> {
         let batch = batch.to_vec();
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.add_counts(&batch)).await,
+            Store::Redis(s) => s.add_counts(&batch).await,
         }
     }
 
@@ -172,6 +206,7 @@ impl Store {
     ) -> StoreResult<Vec<(i32, ClassCounts)>> {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.counts(id, from, to)).await,
+            Store::Redis(s) => s.counts(id, from, to).await,
         }
     }
 
@@ -179,6 +214,7 @@ impl Store {
     pub async fn prune_counts(&self, before: i32) -> StoreResult<u64> {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.prune_counts(before)).await,
+            Store::Redis(s) => s.prune_counts(before).await,
         }
     }
 
@@ -188,6 +224,7 @@ impl Store {
         let updates = updates.to_vec();
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.set_last_used(&updates)).await,
+            Store::Redis(s) => s.set_last_used(&updates).await,
         }
     }
 
@@ -196,6 +233,7 @@ impl Store {
         let event = event.clone();
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.append_event(id, &event)).await,
+            Store::Redis(s) => s.append_event(id, &event).await,
         }
     }
 
@@ -203,6 +241,7 @@ impl Store {
     pub async fn events(&self, id: TokenId) -> StoreResult<Vec<Event>> {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.events(id)).await,
+            Store::Redis(s) => s.events(id).await,
         }
     }
 }

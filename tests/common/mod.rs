@@ -420,3 +420,219 @@ pub async fn eventually(deadline: Duration, mut f: impl AsyncFnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A `redis-server` (or three joined into a cluster) started by the test on free ports,
+/// killed by PID when dropped. Standalone servers keep an append-only file synced on
+/// every write, so a server killed and restarted on the same port keeps its data.
+pub struct TestRedis {
+    /// `redis://127.0.0.1:port` or `redis+cluster://127.0.0.1:p1,…`.
+    pub url: String,
+    /// Ports of every node.
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+    children: Vec<std::process::Child>,
+}
+
+impl TestRedis {
+    /// Kills every node (SIGKILL) and waits for them to exit.
+    pub fn kill(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed standalone server again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        assert!(self.children.is_empty(), "kill it first");
+        let port = self.ports[0];
+        self.children
+            .push(start_redis_process(port, self.dir.path(), false));
+        wait_redis_ready(port).await;
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (and, for cluster nodes, its bus port +10000 too).
+fn free_port(with_bus: bool) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !with_bus {
+            return port;
+        }
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn start_redis_process(port: u16, dir: &std::path::Path, cluster: bool) -> std::process::Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ])
+    .arg("--dir")
+    .arg(&node_dir)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    if cluster {
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            "--appendonly",
+            "no",
+        ]);
+    } else {
+        cmd.args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--enable-debug-command",
+            "local",
+        ]);
+    }
+    cmd.spawn().expect("start redis-server (is it installed?)")
+}
+
+/// Sends one inline command to the Redis on `port` and returns the raw answer
+/// (`None` if none within 1 s).
+pub async fn redis_raw(port: u16, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+async fn wait_redis_ready(port: u16) {
+    let ok = eventually(Duration::from_secs(10), async || {
+        redis_raw(port, "PING")
+            .await
+            .is_some_and(|a| a.starts_with("+PONG"))
+    })
+    .await;
+    assert!(ok, "redis-server on port {port} did not start");
+}
+
+/// Starts a standalone `redis-server` on a free port.
+pub async fn spawn_redis() -> TestRedis {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(false);
+    let child = start_redis_process(port, dir.path(), false);
+    wait_redis_ready(port).await;
+    TestRedis {
+        url: format!("redis://127.0.0.1:{port}"),
+        ports: vec![port],
+        dir,
+        children: vec![child],
+    }
+}
+
+/// Starts three cluster-enabled `redis-server`s and joins them with
+/// `redis-cli --cluster create` (no replicas).
+pub async fn spawn_redis_cluster() -> TestRedis {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 3 {
+        let p = free_port(true);
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let mut redis = TestRedis {
+        url: format!(
+            "redis+cluster://{}",
+            ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        ports: ports.clone(),
+        children: Vec::new(),
+        dir,
+    };
+    for &p in &ports {
+        redis
+            .children
+            .push(start_redis_process(p, redis.dir.path(), true));
+    }
+    for &p in &ports {
+        wait_redis_ready(p).await;
+    }
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for &p in &ports {
+        let ok = eventually(Duration::from_secs(15), async || {
+            redis_raw(p, "CLUSTER INFO")
+                .await
+                .is_some_and(|a| a.contains("cluster_state:ok"))
+        })
+        .await;
+        assert!(ok, "cluster node {p} never reached cluster_state:ok");
+    }
+    redis
+}
+
+/// The `[store]` section for a gateway on `redis` with its own key prefix.
+pub fn redis_store_toml(redis: &TestRedis, prefix: &str, extra: &str) -> String {
+    format!(
+        "[store]\nbackend = \"redis\"\nurl = {:?}\nkey_prefix = {prefix:?}\n{extra}\n",
+        redis.url
+    )
+}
+
+/// Sends `body` (JSON text, may be empty) to the admin listener with `key`.
+pub async fn admin_call(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Answer {
+    send(
+        &client(),
+        method,
+        &gw.admin_url(path),
+        key,
+        Bytes::from(body.to_string()),
+    )
+    .await
+}

@@ -1,0 +1,773 @@
+//! Token handlers of the admin API (SPEC §4): JSON in and out, the escalation and
+//! self-lockout rules, paging, and the audit trail of every change.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{Ctx, Op, json_bytes};
+use crate::config::{PERMISSION_ALL, parse_duration};
+use crate::error::ApiError;
+use crate::store::Event;
+use crate::token::{PreviousSecret, Secret, Status, Token, TokenId};
+use crate::tokens::{
+    Expiry, NewToken, check_description, check_extension, check_external_id, check_name,
+    check_permissions,
+};
+
+/// Default page size of `GET /v1/tokens`.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page size of `GET /v1/tokens`.
+pub const MAX_LIMIT: usize = 1000;
+/// Longest rotation grace period.
+pub const MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
+/// Longest `search` value, in characters.
+pub const MAX_SEARCH_CHARS: usize = 1024;
+
+/// Runs the handler of `op` (a `/v1/*` route; the caller is authenticated).
+pub async fn dispatch(
+    ctx: &Ctx<'_>,
+    op: Op,
+    id: Option<&str>,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    // Routes with `{id}` always have one; a token id of the wrong shape names no token.
+    let id = match id {
+        Some(s) => {
+            Some(TokenId::parse(s.as_bytes()).ok_or_else(|| ApiError::TokenNotFound(shorten(s)))?)
+        }
+        None => None,
+    };
+    let id = || id.ok_or(ApiError::Internal);
+    match op {
+        Op::ListTokens => list(ctx, query).await,
+        Op::CreateToken => create(ctx, body).await,
+        Op::GetToken => {
+            let t = ctx.tokens.get(id()?).await?;
+            ok(StatusCode::OK, &TokenView::new(&t, ctx.now, None))
+        }
+        Op::EditToken => edit(ctx, id()?, body).await,
+        Op::DeleteToken => delete(ctx, id()?).await,
+        Op::Disable => set_disabled(ctx, id()?, true).await,
+        Op::Enable => set_disabled(ctx, id()?, false).await,
+        Op::Rotate => rotate(ctx, id()?, body).await,
+        Op::Renew => renew(ctx, id()?, body).await,
+        Op::Events => events(ctx, id()?).await,
+        Op::Modules => {
+            let m: Vec<ModuleView> = ctx
+                .rt
+                .config
+                .modules
+                .iter()
+                .map(|m| ModuleView {
+                    name: &m.name,
+                    description: &m.description,
+                    prefixes: &m.prefixes,
+                })
+                .collect();
+            ok(StatusCode::OK, &m)
+        }
+        Op::Extensions => ok(StatusCode::OK, &ctx.rt.config.extensions),
+        Op::Healthz | Op::Readyz | Op::OpenApi => Err(ApiError::Internal),
+    }
+}
+
+/// At most 64 characters of client text, for error messages.
+fn shorten(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+// ---------------------------------------------------------------------------
+// JSON out.
+
+/// RFC 3339 UTC with second precision (`2026-11-23T10:00:00Z`).
+pub fn rfc3339(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
+}
+
+fn rfc3339_opt(t: Option<Timestamp>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// A token as the API shows it: every field of SPEC §1, never the hash.
+#[derive(Serialize)]
+pub struct TokenView<'a> {
+    id: TokenId,
+    name: &'a str,
+    description: &'a str,
+    external_id: Option<&'a str>,
+    extension: &'a str,
+    permissions: &'a [String],
+    status: Status,
+    expires_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    created_by: Option<TokenId>,
+    last_used_at: Option<String>,
+    /// `<id>:<secret>`, only in the answers to create and rotate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+}
+
+impl<'a> TokenView<'a> {
+    /// The view of `t` at `now`, with the secret when it has just been made.
+    pub fn new(t: &'a Token, now: Timestamp, secret: Option<&Secret>) -> TokenView<'a> {
+        TokenView {
+            id: t.id,
+            name: &t.name,
+            description: &t.description,
+            external_id: t.external_id.as_deref(),
+            extension: &t.extension,
+            permissions: &t.permissions,
+            status: t.status(now),
+            expires_at: rfc3339_opt(t.expires_at),
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+            created_by: t.created_by,
+            last_used_at: rfc3339_opt(t.last_used_at),
+            api_key: secret.map(|s| format!("{}:{}", t.id, s.expose())),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ModuleView<'a> {
+    name: &'a str,
+    description: &'a str,
+    prefixes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct EventView {
+    at: String,
+    actor: Option<TokenId>,
+    action: String,
+    fields: Vec<String>,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> EventView {
+        EventView {
+            at: rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            fields: e.fields,
+        }
+    }
+}
+
+fn ok(status: StatusCode, value: &impl Serialize) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialise an admin answer");
+        ApiError::Internal
+    })?;
+    Ok(json_bytes(status, Bytes::from(body)))
+}
+
+// ---------------------------------------------------------------------------
+// JSON in.
+
+/// Parses a JSON body into `T`, naming the offending field on error.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde's derived structs also accept a JSON array; only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::Validation("body: must be a JSON object".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." || path == "?" {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::Validation(format!("{at}: {}", e.into_inner()))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::Validation(format!("body: {e}")))?;
+    Ok(value)
+}
+
+/// Like [`parse_json`], but an empty (or all-whitespace) body is `T::default()`.
+fn parse_optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(body)
+    }
+}
+
+/// Absent → `None`, `null` → `Some(None)`, value → `Some(Some(v))` (PATCH semantics).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A field that may be absent but not `null`.
+fn not_null<T>(v: Option<Option<T>>, field: &str) -> Result<Option<T>, ApiError> {
+    match v {
+        Some(None) => Err(ApiError::Validation(format!("{field}: must not be null"))),
+        Some(Some(v)) => Ok(Some(v)),
+        None => Ok(None),
+    }
+}
+
+/// Resolves the pair `expires_at` / `expires_in` (at most one).
+fn expiry(
+    at: Option<Option<Timestamp>>,
+    within: Option<Option<String>>,
+) -> Result<Option<Expiry>, ApiError> {
+    let within = not_null(within, "expires_in")?;
+    match (at, within) {
+        (Some(_), Some(_)) => Err(ApiError::Validation(
+            "expires_at, expires_in: give one of them, not both".into(),
+        )),
+        (Some(None), None) => Ok(Some(Expiry::Perpetual)),
+        (Some(Some(t)), None) => Ok(Some(Expiry::At(t))),
+        (None, Some(s)) => parse_duration(&s)
+            .map(|d| Some(Expiry::In(d)))
+            .map_err(|e| ApiError::Validation(format!("expires_in: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The rules.
+
+/// Whether `caller` holds every permission in `perms` (no escalation, SPEC §4).
+fn holds(caller: &Token, perms: &[String]) -> bool {
+    caller.permissions.iter().any(|p| p == PERMISSION_ALL)
+        || perms
+            .iter()
+            .all(|p| p != PERMISSION_ALL && caller.permissions.contains(p))
+}
+
+/// The caller may grant `perms`.
+fn may_grant(caller: &Token, perms: &[String]) -> Result<(), ApiError> {
+    if holds(caller, perms) {
+        Ok(())
+    } else {
+        Err(ApiError::PermEscalation(
+            "permissions: a token may only grant permissions it holds itself".into(),
+        ))
+    }
+}
+
+/// The caller may change `target`.
+fn may_change(caller: &Token, target: &Token) -> Result<(), ApiError> {
+    if holds(caller, &target.permissions) {
+        Ok(())
+    } else {
+        Err(ApiError::PermEscalation(format!(
+            "token {} holds permissions the caller does not hold",
+            target.id
+        )))
+    }
+}
+
+fn not_self(ctx: &Ctx<'_>, id: TokenId, what: &'static str) -> Result<(), ApiError> {
+    if ctx.caller.token.id == id {
+        Err(ApiError::SelfLockout(what))
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    external_id: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    extension: Option<Option<String>>,
+    permissions: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_in: Option<Option<String>>,
+}
+
+async fn create(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
+    let b: CreateBody = parse_json(body)?;
+    let config = &ctx.rt.config;
+    check_permissions(&b.permissions, config)?;
+    may_grant(&ctx.caller.token, &b.permissions)?;
+    let expiry = expiry(b.expires_at, b.expires_in)?.unwrap_or(Expiry::Perpetual);
+    let new = NewToken {
+        name: b.name,
+        description: b.description.unwrap_or_default(),
+        external_id: b.external_id,
+        extension: not_null(b.extension, "extension")?,
+        permissions: b.permissions,
+        expiry,
+    };
+    let (token, secret) = ctx
+        .tokens
+        .create(new, Some(ctx.caller.token.id), config, ctx.now)
+        .await?;
+    let mut fields = vec!["name", "description", "extension", "permissions"];
+    if token.external_id.is_some() {
+        fields.push("external_id");
+    }
+    if token.expires_at.is_some() {
+        fields.push("expires_at");
+    }
+    audit(ctx, token.id, "created", fields).await;
+    let mut res = ok(
+        StatusCode::CREATED,
+        &TokenView::new(&token, ctx.now, Some(&secret)),
+    )?;
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/tokens/{}", token.id)) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+async fn audit(ctx: &Ctx<'_>, id: TokenId, action: &str, fields: Vec<&str>) {
+    let fields = fields.into_iter().map(String::from).collect();
+    ctx.tokens
+        .audit(id, Some(ctx.caller.token.id), action, fields, ctx.now)
+        .await;
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default, deserialize_with = "nullable")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    external_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    extension: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    permissions: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_in: Option<Option<String>>,
+}
+
+async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
+    let b: PatchBody = parse_json(body)?;
+    let config = &ctx.rt.config;
+    let name = not_null(b.name, "name")?;
+    if let Some(n) = &name {
+        check_name(n)?;
+    }
+    // `description: null` empties it; `external_id: null` clears it.
+    let description = b.description.map(Option::unwrap_or_default);
+    if let Some(d) = &description {
+        check_description(d)?;
+    }
+    if let Some(Some(e)) = &b.external_id {
+        check_external_id(e)?;
+    }
+    let extension = not_null(b.extension, "extension")?;
+    if let Some(e) = &extension {
+        check_extension(e, config)?;
+    }
+    let permissions = not_null(b.permissions, "permissions")?;
+    if let Some(p) = &permissions {
+        check_permissions(p, config)?;
+        may_grant(&ctx.caller.token, p)?;
+    }
+    let expires = match expiry(b.expires_at, b.expires_in)? {
+        Some(e) => Some(e.resolve(ctx.now, e.field())?),
+        None => None,
+    };
+
+    let mut changed: Vec<&str> = Vec::new();
+    let token = ctx
+        .tokens
+        .modify(id, config, ctx.now, |t| {
+            may_change(&ctx.caller.token, t)?;
+            changed.clear();
+            if let Some(n) = &name
+                && *n != t.name
+            {
+                t.name = n.clone();
+                changed.push("name");
+            }
+            if let Some(d) = &description
+                && *d != t.description
+            {
+                t.description = d.clone();
+                changed.push("description");
+            }
+            if let Some(e) = &b.external_id
+                && *e != t.external_id
+            {
+                t.external_id = e.clone();
+                changed.push("external_id");
+            }
+            if let Some(e) = &extension
+                && *e != t.extension
+            {
+                t.extension = e.clone();
+                changed.push("extension");
+            }
+            if let Some(p) = &permissions
+                && *p != t.permissions
+            {
+                t.permissions = p.clone();
+                changed.push("permissions");
+            }
+            if let Some((at, validity)) = expires {
+                if at != t.expires_at {
+                    changed.push("expires_at");
+                }
+                t.expires_at = at;
+                t.validity_secs = validity;
+            }
+            Ok(())
+        })
+        .await?;
+    if !changed.is_empty() {
+        audit(ctx, id, "updated", changed).await;
+    }
+    ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
+}
+
+async fn set_disabled(
+    ctx: &Ctx<'_>,
+    id: TokenId,
+    disabled: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if disabled {
+        not_self(ctx, id, "disable")?;
+    }
+    let token = ctx
+        .tokens
+        .modify(id, &ctx.rt.config, ctx.now, |t| {
+            may_change(&ctx.caller.token, t)?;
+            t.disabled = disabled;
+            Ok(())
+        })
+        .await?;
+    let action = if disabled { "disabled" } else { "enabled" };
+    audit(ctx, id, action, vec!["status"]).await;
+    ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default, deserialize_with = "nullable")]
+    grace_period: Option<Option<String>>,
+}
+
+async fn rotate(
+    ctx: &Ctx<'_>,
+    id: TokenId,
+    body: &[u8],
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let b: RotateBody = parse_optional_json(body)?;
+    let grace = match not_null(b.grace_period, "grace_period")? {
+        None => Duration::ZERO,
+        Some(s) => {
+            parse_duration(&s).map_err(|e| ApiError::Validation(format!("grace_period: {e}")))?
+        }
+    };
+    if grace > MAX_GRACE {
+        return Err(ApiError::Validation(
+            "grace_period: must be at most 7d".into(),
+        ));
+    }
+    let until = jiff::SignedDuration::try_from(grace)
+        .ok()
+        .and_then(|g| ctx.now.checked_add(g).ok())
+        .ok_or(ApiError::Internal)?;
+    let secret = Secret::generate();
+    let token = ctx
+        .tokens
+        .modify(id, &ctx.rt.config, ctx.now, |t| {
+            may_change(&ctx.caller.token, t)?;
+            t.previous_secret = (!grace.is_zero()).then_some(PreviousSecret {
+                hash: t.secret_hash,
+                until,
+            });
+            t.secret_hash = secret.hash();
+            Ok(())
+        })
+        .await?;
+    let mut fields = vec!["secret"];
+    if !grace.is_zero() {
+        fields.push("grace_period");
+    }
+    audit(ctx, id, "rotated", fields).await;
+    ok(
+        StatusCode::OK,
+        &TokenView::new(&token, ctx.now, Some(&secret)),
+    )
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_in: Option<Option<String>>,
+}
+
+async fn renew(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
+    let b: RenewBody = parse_optional_json(body)?;
+    if matches!(b.expires_at, Some(None)) {
+        return Err(ApiError::Validation(
+            "expires_at: must not be null (PATCH with expires_at null makes a token perpetual)"
+                .into(),
+        ));
+    }
+    let given = match expiry(b.expires_at, b.expires_in)? {
+        Some(e) => Some(e.resolve(ctx.now, e.field())?),
+        None => None,
+    };
+    let now = ctx.now;
+    let token = ctx
+        .tokens
+        .modify(id, &ctx.rt.config, now, |t| {
+            may_change(&ctx.caller.token, t)?;
+            if t.expires_at.is_none() {
+                return Err(ApiError::NotRenewable);
+            }
+            let (at, validity) = match given {
+                Some(g) => g,
+                None => {
+                    let secs = t.validity_secs.ok_or(ApiError::NotRenewable)?;
+                    let at = now
+                        .checked_add(jiff::SignedDuration::from_secs(secs))
+                        .map_err(|_| ApiError::NotRenewable)?;
+                    (Some(at), Some(secs))
+                }
+            };
+            t.expires_at = at;
+            t.validity_secs = validity;
+            Ok(())
+        })
+        .await?;
+    audit(ctx, id, "renewed", vec!["expires_at"]).await;
+    ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
+}
+
+async fn delete(ctx: &Ctx<'_>, id: TokenId) -> Result<Response<Full<Bytes>>, ApiError> {
+    not_self(ctx, id, "delete")?;
+    let target = ctx.tokens.get(id).await?;
+    may_change(&ctx.caller.token, &target)?;
+    ctx.tokens.delete(id).await?;
+    audit(ctx, id, "deleted", Vec::new()).await;
+    let mut res = json_bytes(StatusCode::NO_CONTENT, Bytes::new());
+    res.headers_mut().remove(header::CONTENT_TYPE);
+    Ok(res)
+}
+
+async fn events(ctx: &Ctx<'_>, id: TokenId) -> Result<Response<Full<Bytes>>, ApiError> {
+    let events = ctx.tokens.events(id).await?;
+    // The log outlives a deleted token; an id that never had a token has none.
+    if events.is_empty() {
+        ctx.tokens.get(id).await?;
+    }
+    let view: Vec<EventView> = events.into_iter().map(EventView::from).collect();
+    ok(StatusCode::OK, &view)
+}
+
+// ---------------------------------------------------------------------------
+// Listing.
+
+/// The query of `GET /v1/tokens`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Page size.
+    pub limit: usize,
+    /// Tokens skipped.
+    pub offset: usize,
+    /// Only tokens with this status.
+    pub status: Option<Status>,
+    /// Only tokens of this extension.
+    pub extension: Option<String>,
+    /// Case-insensitive substring of name, description or external id (lower-cased).
+    pub search: Option<String>,
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space).
+fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses the list query; every bad parameter is a `VALIDATION` naming it.
+pub fn parse_list_query(
+    query: Option<&str>,
+    config: &crate::config::Config,
+) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery {
+        limit: DEFAULT_LIMIT,
+        ..ListQuery::default()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |msg: &str| ApiError::Validation(format!("{}: {msg}", shorten(k)));
+        let key = form_decode(k).ok_or_else(|| bad("malformed percent-encoding"))?;
+        let value = form_decode(v).ok_or_else(|| bad("malformed percent-encoding"))?;
+        if seen.contains(&key) {
+            return Err(bad("given more than once"));
+        }
+        seen.push(key.clone());
+        match key.as_str() {
+            "limit" => {
+                q.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| bad("must be an integer from 1 to 1000"))?;
+            }
+            "offset" => {
+                q.offset = value
+                    .parse::<usize>()
+                    .map_err(|_| bad("must be a non-negative integer"))?;
+            }
+            "status" => {
+                q.status = Some(match value.as_str() {
+                    "active" => Status::Active,
+                    "disabled" => Status::Disabled,
+                    "expired" => Status::Expired,
+                    _ => return Err(bad("must be active, disabled or expired")),
+                });
+            }
+            "extension" => {
+                check_extension(&value, config).map_err(|_| bad("unknown extension"))?;
+                q.extension = Some(value);
+            }
+            "search" => {
+                if value.chars().count() > MAX_SEARCH_CHARS {
+                    return Err(bad("must be at most 1024 characters"));
+                }
+                q.search = (!value.is_empty()).then(|| value.to_lowercase());
+            }
+            _ => {
+                return Err(ApiError::Validation(format!(
+                    "{}: unknown query parameter (use limit, offset, status, extension, search)",
+                    shorten(&key)
+                )));
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn matches(t: &Token, q: &ListQuery, now: Timestamp) -> bool {
+    if q.status.is_some_and(|s| t.status(now) != s) {
+        return false;
+    }
+    if q.extension.as_ref().is_some_and(|e| *e != t.extension) {
+        return false;
+    }
+    match &q.search {
+        None => true,
+        Some(s) => {
+            t.name.to_lowercase().contains(s)
+                || t.description.to_lowercase().contains(s)
+                || t.external_id
+                    .as_ref()
+                    .is_some_and(|e| e.to_lowercase().contains(s))
+        }
+    }
+}
+
+async fn list(ctx: &Ctx<'_>, query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let q = parse_list_query(query, &ctx.rt.config)?;
+    let mut all: Vec<Token> = ctx
+        .tokens
+        .list()
+        .await?
+        .into_iter()
+        .filter(|t| matches(t, &q, ctx.now))
+        .collect();
+    // Newest first, then by id: a total order, so pages never overlap or skip.
+    all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+    let total = all.len();
+    let page: Vec<TokenView> = all
+        .iter()
+        .skip(q.offset)
+        .take(q.limit)
+        .map(|t| TokenView::new(t, ctx.now, None))
+        .collect();
+    let range = if page.is_empty() {
+        format!("items */{total}")
+    } else {
+        format!("items {}-{}/{total}", q.offset, q.offset + page.len() - 1)
+    };
+    let mut res = ok(StatusCode::OK, &page)?;
+    if let Ok(v) = HeaderValue::from_str(&range) {
+        res.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form_decode("a+b%20c").as_deref(), Some("a b c"));
+        assert_eq!(form_decode("%C3%A9").as_deref(), Some("\u{e9}"));
+        assert_eq!(form_decode("%"), None);
+        assert_eq!(form_decode("%4"), None);
+        assert_eq!(form_decode("%zz"), None);
+        assert_eq!(form_decode("%ff"), None);
+        assert_eq!(form_decode("%c0%ae"), None);
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct B {
+            name: String,
+        }
+        let e = |b: &str| parse_json::<B>(b.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e(r#"{"name": 5}"#).starts_with("name:"),
+            "{}",
+            e(r#"{"name": 5}"#)
+        );
+        assert!(e(r#"{"name": "a", "x": 1}"#).contains("`x`"));
+        assert!(e(r#"{}"#).contains("`name`"));
+        assert!(e(r#"{"name": "a"} x"#).starts_with("body:"));
+        assert!(e("{").starts_with("body:"), "{}", e("{"));
+    }
+}

@@ -1,0 +1,661 @@
+//! The Redis store: one token table and one set of day counters shared by any number of
+//! gateway instances, on standalone Redis (`redis://`) or Redis Cluster
+//! (`redis+cluster://h1:p1,h2:p2`).
+//!
+//! Key layout (`P` = `store.key_prefix`, default `keygate:`; `docs/redis.md` has the why):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `P token:{<id>}` | hash | `v` version, `j` token JSON, `lu` last use (Unix s); a deleted token leaves `r`=1 so its id is never reused |
+//! | `P events:{<id>}` | list | audit events (JSON), oldest first |
+//! | `P ids` | set | ids of live tokens (the index `list` reads) |
+//! | `P bootstrap-lock` | string | held (with a TTL) while one instance checks for an admin token |
+//! | `P {counts}:days` | sorted set | day numbers that have counts |
+//! | `P {counts}:<day>` | hash | `<id>:<class>` → count, class 0-3 = 2xx-5xx |
+//!
+//! Every operation on one token touches keys of one hash slot (the `{<id>}` tag) and runs
+//! as one Lua script, which also publishes the id on `P changes`, so a change and its
+//! announcement are atomic. All counters share the `{counts}` tag so one `add_counts`
+//! call is one script: it is applied whole or not at all, and a caller may keep and
+//! retry a failed batch without double counting.
+//!
+//! Every call has a deadline ([`OP_TIMEOUT`]); a failure marks the store down until the
+//! next success, so cache misses answer 503 at once instead of queueing on a dead Redis.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
+
+use super::{ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use crate::token::{Token, TokenId};
+
+/// Deadline of one store operation (connection set-up, command, answer).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of establishing a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long an instance may hold the bootstrap lock.
+const BOOTSTRAP_LOCK_TTL_MS: u64 = 30_000;
+/// How long an instance waits for another to finish bootstrapping.
+const BOOTSTRAP_WAIT: Duration = Duration::from_secs(35);
+/// Concurrent reads when listing (cluster keys live on different nodes, so no MGET).
+const LIST_CONCURRENCY: usize = 64;
+
+/// Insert a never-used id. KEYS: token. ARGV: version, json, channel, id.
+const INSERT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'j', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1";
+
+/// Compare-and-swap on the version. KEYS: token. ARGV: expected, new version, json,
+/// channel, id.
+const REPLACE: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if (not v) or v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'j', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1";
+
+/// Delete and retire. KEYS: token. ARGV: channel, id.
+const DELETE: &str = r"
+local existed = redis.call('HEXISTS', KEYS[1], 'j')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'r', '1')
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return existed";
+
+/// Keep the later last-use time of a live token. KEYS: token. ARGV: Unix seconds.
+const LAST_USED: &str = r"
+if redis.call('HEXISTS', KEYS[1], 'j') == 0 then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'lu'))
+if cur == nil or cur < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'lu', ARGV[1]) end
+return 1";
+
+/// Add counts. KEYS: days set, then one hash per distinct day. ARGV: groups of 7:
+/// key index, day, id, 2xx, 3xx, 4xx, 5xx.
+const ADD_COUNTS: &str = r"
+for i = 1, #ARGV, 7 do
+  local k = KEYS[tonumber(ARGV[i])]
+  for c = 0, 3 do redis.call('HINCRBY', k, ARGV[i + 2] .. ':' .. c, ARGV[i + 3 + c]) end
+  redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i + 1])
+end
+return 1";
+
+/// Drop whole days. KEYS: days set, then the day hashes. ARGV: the day numbers.
+/// Returns the number of (token, day) rows removed.
+const PRUNE: &str = r"
+local rows = 0
+for i = 2, #KEYS do
+  rows = rows + math.floor(redis.call('HLEN', KEYS[i]) / 4)
+  redis.call('DEL', KEYS[i])
+  redis.call('ZREM', KEYS[1], ARGV[i - 1])
+end
+return rows";
+
+/// Release a lock only if we still hold it. KEYS: lock. ARGV: our value.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// A connection to standalone Redis or to a cluster; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Whether Redis answered lately.
+struct Health {
+    started: Instant,
+    up: AtomicBool,
+    /// Milliseconds since `started` of the last successful call.
+    last_ok_ms: AtomicU64,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The Redis store.
+pub struct RedisStore {
+    conn: Conn,
+    /// Where the change subscriber connects: one URL, or every cluster node
+    /// (a PUBLISH on a cluster reaches every node, so any one of them will do).
+    pubsub_urls: Vec<String>,
+    prefix: String,
+    channel: String,
+    health: Health,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    insert: Script,
+    replace: Script,
+    delete: Script,
+    last_used: Script,
+    add_counts: Script,
+    prune: Script,
+    unlock: Script,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Splits `redis+cluster://[user:pass@]h1:p1,h2:p2` into one `redis://` URL per node.
+fn cluster_nodes(url: &str) -> StoreResult<Vec<String>> {
+    let rest = url
+        .strip_prefix("redis+cluster://")
+        .ok_or_else(|| unavailable("cluster URL must start with redis+cluster://"))?;
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{auth}{h}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(unavailable("redis+cluster:// URL names no node"));
+    }
+    Ok(nodes)
+}
+
+/// The URL without its password, for error messages.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => "<url>".to_string(),
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://`, `rediss://` or `redis+cluster://`). Keys start
+    /// with `prefix`, which must not contain `{` or `}` (they would change the hash tags).
+    pub async fn open(url: &str, prefix: &str) -> StoreResult<RedisStore> {
+        if prefix.contains(['{', '}']) {
+            return Err(unavailable(
+                "store.key_prefix must not contain '{' or '}' (they change Redis Cluster hash slots)",
+            ));
+        }
+        let shown = redacted(url);
+        let (conn, pubsub_urls) = if url.starts_with("redis+cluster://") {
+            let nodes = cluster_nodes(url)?;
+            let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(OP_TIMEOUT)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .build()
+                .map_err(|e| unavailable(format!("{shown}: {e}")))?;
+            let conn = tokio::time::timeout(OP_TIMEOUT * 5, client.get_async_connection())
+                .await
+                .map_err(|_| unavailable(format!("{shown}: connecting timed out")))?
+                .map_err(|e| unavailable(format!("{shown}: {e}")))?;
+            (Conn::Cluster(conn), nodes)
+        } else {
+            let client =
+                redis::Client::open(url).map_err(|e| unavailable(format!("{shown}: {e}")))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(OP_TIMEOUT))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(200));
+            let conn = tokio::time::timeout(
+                OP_TIMEOUT * 5,
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await
+            .map_err(|_| unavailable(format!("{shown}: connecting timed out")))?
+            .map_err(|e| unavailable(format!("{shown}: {e}")))?;
+            (Conn::Single(conn), vec![url.to_string()])
+        };
+        let store = RedisStore {
+            conn,
+            pubsub_urls,
+            prefix: prefix.to_string(),
+            channel: format!("{prefix}changes"),
+            health: Health {
+                started: Instant::now(),
+                up: AtomicBool::new(true),
+                last_ok_ms: AtomicU64::new(0),
+            },
+            scripts: Scripts {
+                insert: Script::new(INSERT),
+                replace: Script::new(REPLACE),
+                delete: Script::new(DELETE),
+                last_used: Script::new(LAST_USED),
+                add_counts: Script::new(ADD_COUNTS),
+                prune: Script::new(PRUNE),
+                unlock: Script::new(UNLOCK),
+            },
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// The channel on which every change is announced (message = token id).
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// URLs a change subscriber may connect to, in order of preference.
+    pub fn pubsub_urls(&self) -> &[String] {
+        &self.pubsub_urls
+    }
+
+    fn token_key(&self, id: TokenId) -> String {
+        format!("{}token:{{{}}}", self.prefix, id.number())
+    }
+
+    fn events_key(&self, id: TokenId) -> String {
+        format!("{}events:{{{}}}", self.prefix, id.number())
+    }
+
+    fn ids_key(&self) -> String {
+        format!("{}ids", self.prefix)
+    }
+
+    fn days_key(&self) -> String {
+        format!("{}{{counts}}:days", self.prefix)
+    }
+
+    fn day_key(&self, day: i32) -> String {
+        format!("{}{{counts}}:{day}", self.prefix)
+    }
+
+    /// Runs one Redis call with the deadline and records whether Redis answered.
+    async fn call<T>(&self, f: impl Future<Output = RedisResult<T>>) -> StoreResult<T> {
+        match tokio::time::timeout(OP_TIMEOUT, f).await {
+            Ok(Ok(v)) => {
+                self.mark_ok();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.mark_down();
+                Err(unavailable(format!("redis: {e}")))
+            }
+            Err(_) => {
+                self.mark_down();
+                Err(unavailable("redis: no answer within the deadline"))
+            }
+        }
+    }
+
+    /// Sends one command.
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> StoreResult<T> {
+        let mut c = self.conn.clone();
+        self.call(cmd.query_async(&mut c)).await
+    }
+
+    /// Runs one script.
+    async fn script<T: FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> StoreResult<T> {
+        let mut c = self.conn.clone();
+        self.call(async move { inv.invoke_async(&mut c).await })
+            .await
+    }
+
+    fn mark_ok(&self) {
+        self.health
+            .last_ok_ms
+            .store(self.health.now_ms(), Ordering::Relaxed);
+        if !self.health.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis store reachable again");
+        }
+    }
+
+    fn mark_down(&self) {
+        if self.health.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!("redis store unreachable");
+        }
+    }
+
+    /// Whether the last call succeeded.
+    pub fn is_up(&self) -> bool {
+        self.health.up.load(Ordering::Relaxed)
+    }
+
+    /// How long ago Redis last answered.
+    pub fn since_last_ok(&self) -> Duration {
+        let now = self.health.now_ms();
+        let last = self.health.last_ok_ms.load(Ordering::Relaxed);
+        Duration::from_millis(now.saturating_sub(last))
+    }
+
+    /// PING.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.query(&redis::cmd("PING")).await
+    }
+
+    /// One token.
+    pub async fn get(&self, id: TokenId) -> StoreResult<Option<Token>> {
+        let (json, lu): (Option<String>, Option<i64>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.token_key(id))
+                    .arg("j")
+                    .arg("lu"),
+            )
+            .await?;
+        json.map(|j| decode(&j, lu)).transpose()
+    }
+
+    /// Every token: the id index, then each token (skipping ids deleted meanwhile).
+    pub async fn list(&self) -> StoreResult<Vec<Token>> {
+        let ids: Vec<u32> = self
+            .query(redis::cmd("SMEMBERS").arg(self.ids_key()))
+            .await?;
+        let results: Vec<StoreResult<Option<Token>>> =
+            futures_util::stream::iter(ids.into_iter().filter_map(TokenId::new))
+                .map(|id| self.get(id))
+                .buffer_unordered(LIST_CONCURRENCY)
+                .collect()
+                .await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            if let Some(t) = r? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts a token whose id was never used; announces it.
+    pub async fn insert(&self, token: &Token) -> StoreResult<bool> {
+        let json = encode(token)?;
+        // Index first: an id in the index without a token is skipped by `list`,
+        // a token missing from the index would be invisible to it.
+        self.query::<()>(
+            redis::cmd("SADD")
+                .arg(self.ids_key())
+                .arg(token.id.number()),
+        )
+        .await?;
+        let mut inv = self.scripts.insert.prepare_invoke();
+        inv.key(self.token_key(token.id))
+            .arg(token.version)
+            .arg(json)
+            .arg(&self.channel)
+            .arg(token.id.to_string());
+        let inserted: i64 = self.script(inv).await?;
+        Ok(inserted == 1)
+    }
+
+    /// Compare-and-swap on `version`; announces the change.
+    pub async fn replace(&self, token: &Token, expected_version: u64) -> StoreResult<bool> {
+        let json = encode(token)?;
+        let mut inv = self.scripts.replace.prepare_invoke();
+        inv.key(self.token_key(token.id))
+            .arg(expected_version)
+            .arg(token.version)
+            .arg(json)
+            .arg(&self.channel)
+            .arg(token.id.to_string());
+        let replaced: i64 = self.script(inv).await?;
+        Ok(replaced == 1)
+    }
+
+    /// Deletes a token and retires its id; announces it.
+    pub async fn delete(&self, id: TokenId) -> StoreResult<bool> {
+        let mut inv = self.scripts.delete.prepare_invoke();
+        inv.key(self.token_key(id))
+            .arg(&self.channel)
+            .arg(id.to_string());
+        let existed: i64 = self.script(inv).await?;
+        // The token is gone already; a stale index entry only costs `list` one read.
+        if let Err(e) = self
+            .query::<()>(redis::cmd("SREM").arg(self.ids_key()).arg(id.number()))
+            .await
+        {
+            tracing::warn!(token = %id, error = %e, "deleted token left in the id index");
+        }
+        Ok(existed == 1)
+    }
+
+    /// Inserts `token` unless an active admin token exists. Instances serialise on a
+    /// lock key with a TTL, so when several start together only one creates a token.
+    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+        let lock = format!("{}bootstrap-lock", self.prefix);
+        let mut holder = [0u8; 16];
+        getrandom::fill(&mut holder).map_err(unavailable)?;
+        let holder = hex::encode(holder);
+        let deadline = Instant::now() + BOOTSTRAP_WAIT;
+        loop {
+            let got: Option<String> = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(&lock)
+                        .arg(&holder)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(BOOTSTRAP_LOCK_TTL_MS),
+                )
+                .await?;
+            if got.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(unavailable(
+                    "another instance holds the bootstrap lock for too long",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let result = async {
+            let all = self.list().await?;
+            if has_active_admin(&all, token.created_at) {
+                return Ok(false);
+            }
+            if self.insert(token).await? {
+                Ok(true)
+            } else {
+                Err(unavailable("bootstrap token id already taken; start again"))
+            }
+        }
+        .await;
+        let mut inv = self.scripts.unlock.prepare_invoke();
+        inv.key(&lock).arg(&holder);
+        // If this fails the lock expires by itself.
+        let _ = self.script::<i64>(inv).await;
+        result
+    }
+
+    /// Adds day counts: one script over the `{counts}` slot, so all or nothing.
+    pub async fn add_counts(&self, batch: &[(TokenId, i32, ClassCounts)]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut days: Vec<i32> = batch.iter().map(|b| b.1).collect();
+        days.sort_unstable();
+        days.dedup();
+        let mut inv = self.scripts.add_counts.prepare_invoke();
+        inv.key(self.days_key());
+        for d in &days {
+            inv.key(self.day_key(*d));
+        }
+        for (id, day, counts) in batch {
+            // KEYS[1] is the days set, so day i is KEYS[i + 2] (Lua counts from 1).
+            let index = days.binary_search(day).unwrap_or(0) + 2;
+            inv.arg(index)
+                .arg(*day)
+                .arg(id.number())
+                .arg(counts.as_slice());
+        }
+        self.script::<i64>(inv).await.map(|_| ())
+    }
+
+    /// Day counts of one token in `from..=to`, oldest first.
+    pub async fn counts(
+        &self,
+        id: TokenId,
+        from: i32,
+        to: i32,
+    ) -> StoreResult<Vec<(i32, ClassCounts)>> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let days: Vec<i32> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.days_key())
+                    .arg(from)
+                    .arg(to),
+            )
+            .await?;
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = id.number();
+        let mut pipe = redis::pipe();
+        for d in &days {
+            pipe.cmd("HMGET")
+                .arg(self.day_key(*d))
+                .arg(format!("{n}:0"))
+                .arg(format!("{n}:1"))
+                .arg(format!("{n}:2"))
+                .arg(format!("{n}:3"));
+        }
+        let mut c = self.conn.clone();
+        let rows: Vec<[Option<u64>; 4]> = self
+            .call(async move { pipe.query_async(&mut c).await })
+            .await?;
+        Ok(days
+            .into_iter()
+            .zip(rows)
+            .filter(|(_, r)| r.iter().any(Option::is_some))
+            .map(|(d, r)| (d, r.map(|v| v.unwrap_or(0))))
+            .collect())
+    }
+
+    /// Deletes every day older than `before`; returns the (token, day) rows removed.
+    pub async fn prune_counts(&self, before: i32) -> StoreResult<u64> {
+        let days: Vec<i32> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.days_key())
+                    .arg("-inf")
+                    .arg(format!("({before}")),
+            )
+            .await?;
+        if days.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.scripts.prune.prepare_invoke();
+        inv.key(self.days_key());
+        for d in &days {
+            inv.key(self.day_key(*d)).arg(*d);
+        }
+        self.script(inv).await
+    }
+
+    /// Records last-use times (the later wins); tokens deleted meanwhile get none.
+    /// Each token is its own script (own slot); repeating a batch is harmless.
+    pub async fn set_last_used(&self, updates: &[(TokenId, jiff::Timestamp)]) -> StoreResult<()> {
+        let results: Vec<StoreResult<i64>> = futures_util::stream::iter(updates)
+            .map(|(id, at)| {
+                let mut inv = self.scripts.last_used.prepare_invoke();
+                inv.key(self.token_key(*id)).arg(at.as_second());
+                self.script(inv)
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().try_for_each(|r| r.map(|_| ()))
+    }
+
+    /// Appends an event to a token's log.
+    pub async fn append_event(&self, id: TokenId, event: &Event) -> StoreResult<()> {
+        let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.query(redis::cmd("RPUSH").arg(self.events_key(id)).arg(json))
+            .await
+    }
+
+    /// A token's events, oldest first.
+    pub async fn events(&self, id: TokenId) -> StoreResult<Vec<Event>> {
+        let rows: Vec<String> = self
+            .query(redis::cmd("LRANGE").arg(self.events_key(id)).arg(0).arg(-1))
+            .await?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
+}
+
+fn encode(token: &Token) -> StoreResult<String> {
+    // Last use lives in its own field so it never races an edit's compare-and-swap.
+    let mut t = token.clone();
+    t.last_used_at = None;
+    serde_json::to_string(&t).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode(json: &str, last_used: Option<i64>) -> StoreResult<Token> {
+    let mut t: Token =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    t.last_used_at = last_used.and_then(|s| jiff::Timestamp::from_second(s).ok());
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_split_per_node() {
+        assert_eq!(
+            cluster_nodes("redis+cluster://a:1,b:2").unwrap(),
+            vec!["redis://a:1", "redis://b:2"]
+        );
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:p@a:1,b:2/").unwrap(),
+            vec!["redis://u:p@a:1", "redis://u:p@b:2"]
+        );
+        assert!(cluster_nodes("redis+cluster://").is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(redacted("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+}

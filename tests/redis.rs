@@ -1,0 +1,369 @@
+//! Several gateway instances on one Redis: changes made through one are enforced by the
+//! others within 1 s (SPEC §4), and a Redis outage does not break cached tokens.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Method, StatusCode};
+use jiff::Timestamp;
+use keygate::token::{Secret, TokenId};
+
+/// The SPEC's bound on propagation between instances.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+async fn two_instances(
+    redis: &TestRedis,
+    prefix: &str,
+    store_extra: &str,
+) -> (TestUpstream, TestGateway, TestGateway) {
+    let up = spawn_upstream().await;
+    let toml = format!(
+        "{}{}{}",
+        redis_store_toml(redis, prefix, store_extra),
+        module_toml("agreements", &["/public/v1/agreements"], &up.url(), ""),
+        module_toml("billing", &["/public/v1/billing"], &up.url(), "")
+    );
+    let a = spawn_gateway(&toml).await;
+    let b = spawn_gateway(&toml).await;
+    (up, a, b)
+}
+
+/// Polls `gw` with `key` until the status is `want`; false if `deadline` passes.
+async fn status_becomes(
+    gw: &TestGateway,
+    path: &str,
+    key: &str,
+    want: StatusCode,
+    deadline: Duration,
+) -> bool {
+    let c = client();
+    eventually(deadline, async || {
+        send(
+            &c,
+            Method::GET,
+            &gw.url(path),
+            Some(key),
+            Default::default(),
+        )
+        .await
+        .status
+            == want
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_one_instance_creates_the_bootstrap_token() {
+    let redis = spawn_redis().await;
+    let (_up, a, b) = two_instances(&redis, "boot:", "").await;
+    assert_ne!(
+        a.admin_key.is_empty(),
+        b.admin_key.is_empty(),
+        "exactly one instance writes a key file"
+    );
+    let admins = a
+        .tokens
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.has_permission("integrations"))
+        .count();
+    assert_eq!(admins, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_on_one_instance_are_enforced_on_the_other() {
+    let redis = spawn_redis().await;
+    let (_up, a, b) = two_instances(&redis, "changes:", "").await;
+    let path = "/public/v1/agreements/x";
+    let (id, key) = a.token(&["agreements"]).await;
+    // Created on A, usable on B at once (B reads through on a miss).
+    assert_eq!(get(&b.url(path), Some(&key)).await.status, 200);
+
+    // disable → 401 AUTH_DISABLED on B; enable → 200 again.
+    a.tokens
+        .modify(id, &a.config, Timestamp::now(), |t| {
+            t.disabled = true;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(status_becomes(&b, path, &key, StatusCode::UNAUTHORIZED, PROPAGATION).await);
+    assert_eq!(get(&b.url(path), Some(&key)).await.code(), "AUTH_DISABLED");
+    a.tokens
+        .modify(id, &a.config, Timestamp::now(), |t| {
+            t.disabled = false;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(status_becomes(&b, path, &key, StatusCode::OK, PROPAGATION).await);
+
+    // permission change → 403 on B.
+    a.tokens
+        .modify(id, &a.config, Timestamp::now(), |t| {
+            t.permissions = vec!["billing".into()];
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(status_becomes(&b, path, &key, StatusCode::FORBIDDEN, PROPAGATION).await);
+    assert!(
+        status_becomes(
+            &b,
+            "/public/v1/billing/y",
+            &key,
+            StatusCode::OK,
+            PROPAGATION
+        )
+        .await
+    );
+
+    // rotate (no grace period) → the old secret stops working on B, the new one works.
+    let new_secret = Secret::generate();
+    let new_hash = new_secret.hash();
+    a.tokens
+        .modify(id, &a.config, Timestamp::now(), |t| {
+            t.secret_hash = new_hash;
+            t.previous_secret = None;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let new_key = format!("{id}:{}", new_secret.expose());
+    let billing = "/public/v1/billing/y";
+    assert!(status_becomes(&b, billing, &key, StatusCode::UNAUTHORIZED, PROPAGATION).await);
+    assert_eq!(get(&b.url(billing), Some(&new_key)).await.status, 200);
+
+    // delete → 401 AUTH_INVALID on B.
+    a.tokens.delete(id).await.unwrap();
+    assert!(status_becomes(&b, billing, &new_key, StatusCode::UNAUTHORIZED, PROPAGATION).await);
+    assert_eq!(
+        get(&b.url(billing), Some(&new_key)).await.code(),
+        "AUTH_INVALID"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_created_elsewhere_clears_the_negative_cache() {
+    let redis = spawn_redis().await;
+    let (_up, a, b) = two_instances(&redis, "negative:", "").await;
+    let path = "/public/v1/agreements/x";
+    // B learns that this id is unknown (and remembers it for NEGATIVE_TTL = 5 s).
+    let secret = Secret::generate();
+    let mut token = a
+        .tokens
+        .get(a.token(&["agreements"]).await.0)
+        .await
+        .unwrap();
+    token.id = TokenId::random();
+    token.secret_hash = secret.hash();
+    let key = format!("{}:{}", token.id, secret.expose());
+    assert_eq!(get(&b.url(path), Some(&key)).await.code(), "AUTH_INVALID");
+    // Created through A's store with that id: B accepts it well before the 5 s.
+    assert!(a.tokens.store().insert(&token).await.unwrap());
+    assert!(status_becomes(&b, path, &key, StatusCode::OK, PROPAGATION).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_propagate_on_redis_cluster() {
+    let redis = spawn_redis_cluster().await;
+    let (_up, a, b) = two_instances(&redis, "cluster:", "").await;
+    let path = "/public/v1/agreements/x";
+    let (id, key) = a.token(&["agreements"]).await;
+    assert_eq!(get(&b.url(path), Some(&key)).await.status, 200);
+    a.tokens
+        .modify(id, &a.config, Timestamp::now(), |t| {
+            t.disabled = true;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(status_becomes(&b, path, &key, StatusCode::UNAUTHORIZED, PROPAGATION).await);
+    a.tokens.delete(id).await.unwrap();
+    assert_eq!(get(&b.url(path), Some(&key)).await.code(), "AUTH_INVALID");
+}
+
+/// Measures how long a disable/enable made through A takes to be enforced by B,
+/// over 200 changes, by polling B without pause. Prints p50/p99/max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn propagation_time_p50_p99() {
+    let redis = spawn_redis().await;
+    let (_up, a, b) = two_instances(&redis, "timing:", "").await;
+    let path = "/public/v1/agreements/x";
+    let (id, key) = a.token(&["agreements"]).await;
+    let c = client();
+    assert_eq!(get(&b.url(path), Some(&key)).await.status, 200);
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let disable = i % 2 == 0;
+        a.tokens
+            .modify(id, &a.config, Timestamp::now(), |t| {
+                t.disabled = disable;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let changed = Instant::now();
+        let want = if disable { 401 } else { 200 };
+        loop {
+            let s = send(
+                &c,
+                Method::GET,
+                &b.url(path),
+                Some(&key),
+                Default::default(),
+            )
+            .await
+            .status;
+            if s == want {
+                break;
+            }
+            assert!(
+                changed.elapsed() < PROPAGATION,
+                "change {i} not seen within 1 s"
+            );
+        }
+        times.push(changed.elapsed());
+    }
+    times.sort();
+    let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+    println!(
+        "propagation over {} changes: p50 {:?}, p99 {:?}, max {:?}",
+        times.len(),
+        pct(50),
+        pct(99),
+        times[times.len() - 1]
+    );
+}
+
+/// Steady load with cached tokens while Redis is killed and restarted on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_keeps_cached_tokens_working() {
+    let mut redis = spawn_redis().await;
+    let (_up, a, b) = two_instances(&redis, "outage:", "").await;
+    let path = "/public/v1/agreements/x";
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        let (_, key) = a.token(&["agreements"]).await;
+        assert_eq!(get(&a.url(path), Some(&key)).await.status, 200);
+        keys.push(key);
+    }
+    // A token that exists in Redis but is not in A's cache: created through B.
+    let (_, unseen_key) = b.token(&["agreements"]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        let url = a.url(path);
+        tokio::spawn(async move {
+            let c = client();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = &keys[i % keys.len()];
+                i += 1;
+                let s = send(&c, Method::GET, &url, Some(key), Default::default())
+                    .await
+                    .status;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if s != 200 {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    // While down: unknown tokens get 503, /readyz 503, cached tokens keep working.
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            get(&a.admin_url("/readyz"), None).await.status == 503
+        })
+        .await
+    );
+    let a503 = get(&a.url(path), Some(&unseen_key)).await;
+    assert_eq!(a503.status, 503);
+    assert_eq!(a503.code(), "STORE_UNAVAILABLE");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart().await;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            get(&a.admin_url("/readyz"), None).await.status == 200
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            get(&a.url(path), Some(&unseen_key)).await.status == 200
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("outage: {sent} requests with cached tokens, {failed} failed");
+    assert!(sent > 100, "the load ran ({sent})");
+    assert_eq!(failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_tokens_stop_working_after_max_stale() {
+    let mut redis = spawn_redis().await;
+    let (_up, a, _b) = two_instances(&redis, "stale:", "max_stale = \"1s\"").await;
+    let path = "/public/v1/agreements/x";
+    let (_, key) = a.token(&["agreements"]).await;
+    assert_eq!(get(&a.url(path), Some(&key)).await.status, 200);
+    redis.kill();
+    assert!(
+        status_becomes(
+            &a,
+            path,
+            &key,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    assert_eq!(
+        get(&a.url(path), Some(&key)).await.code(),
+        "STORE_UNAVAILABLE"
+    );
+    redis.restart().await;
+    assert!(status_becomes(&a, path, &key, StatusCode::OK, Duration::from_secs(5)).await);
+}
+
+/// Redis stops answering (DEBUG SLEEP): cached tokens are served without waiting, and a
+/// miss is cut off by the store deadline (503) instead of waiting for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_redis_does_not_block_the_request_path() {
+    let redis = spawn_redis().await;
+    let (_up, a, b) = two_instances(&redis, "slow:", "").await;
+    let path = "/public/v1/agreements/x";
+    let (_, cached) = a.token(&["agreements"]).await;
+    let (_, uncached) = b.token(&["agreements"]).await;
+    assert_eq!(get(&a.url(path), Some(&cached)).await.status, 200);
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 4").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    assert_eq!(get(&a.url(path), Some(&cached)).await.status, 200);
+    let hit = started.elapsed();
+    let miss = get(&a.url(path), Some(&uncached)).await;
+    // Redis wakes after 4 s; a 503 before that means the deadline cut the wait short.
+    assert_eq!(miss.status, 503, "{}", miss.text());
+    println!(
+        "slow redis: cached token answered in {hit:?}, miss in {:?}",
+        started.elapsed() - hit
+    );
+    let _ = sleeper.await;
+    assert!(status_becomes(&a, path, &uncached, StatusCode::OK, Duration::from_secs(5)).await);
+}

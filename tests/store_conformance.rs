@@ -1,0 +1,288 @@
+//! One suite of store behaviours, run against every backend: embedded (redb),
+//! standalone Redis and a three-node Redis Cluster.
+
+mod common;
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use keygate::store::{EmbeddedStore, Event, RedisStore, Store, has_active_admin};
+use keygate::token::{Secret, Token, TokenId};
+
+fn token(permissions: &[&str]) -> Token {
+    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    Token {
+        id: TokenId::random(),
+        name: "conformance".into(),
+        description: String::new(),
+        external_id: Some("ext-1".into()),
+        extension: "custom".into(),
+        permissions: permissions.iter().map(|s| s.to_string()).collect(),
+        disabled: false,
+        expires_at: None,
+        validity_secs: None,
+        created_at: now,
+        updated_at: now,
+        created_by: None,
+        last_used_at: None,
+        secret_hash: Secret::generate().hash(),
+        previous_secret: None,
+        version: 1,
+    }
+}
+
+async fn bootstrap_once_under_concurrency(store: &Store) {
+    let calls = (0..10).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.insert_bootstrap(&token(&["all"])).await.unwrap() })
+    });
+    let mut created = 0;
+    for c in calls {
+        if c.await.unwrap() {
+            created += 1;
+        }
+    }
+    assert_eq!(
+        created, 1,
+        "exactly one of 10 concurrent callers creates it"
+    );
+    let all = store.list().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .filter(|t| t.has_permission("integrations"))
+            .count(),
+        1
+    );
+    assert!(has_active_admin(&all, Timestamp::now()));
+    assert!(!store.insert_bootstrap(&token(&["all"])).await.unwrap());
+}
+
+async fn insert_get_list(store: &Store) {
+    let t = token(&["agreements"]);
+    assert!(store.insert(&t).await.unwrap());
+    assert_eq!(store.get(t.id).await.unwrap(), Some(t.clone()));
+    assert!(!store.insert(&t).await.unwrap(), "an id is inserted once");
+    let other = token(&["agreements"]);
+    assert!(store.insert(&other).await.unwrap());
+    let ids: Vec<TokenId> = store.list().await.unwrap().iter().map(|t| t.id).collect();
+    assert!(ids.contains(&t.id) && ids.contains(&other.id));
+    let missing = TokenId::random();
+    assert_eq!(store.get(missing).await.unwrap(), None);
+}
+
+async fn replace_is_compare_and_swap(store: &Store) {
+    let mut t = token(&["agreements"]);
+    assert!(store.insert(&t).await.unwrap());
+    t.name = "renamed".into();
+    t.version = 2;
+    assert!(store.replace(&t, 1).await.unwrap());
+    assert_eq!(store.get(t.id).await.unwrap().unwrap().name, "renamed");
+    let mut stale = t.clone();
+    stale.name = "lost edit".into();
+    stale.version = 2;
+    assert!(
+        !store.replace(&stale, 1).await.unwrap(),
+        "stale version refused"
+    );
+    assert_eq!(store.get(t.id).await.unwrap().unwrap().name, "renamed");
+    let ghost = token(&["agreements"]);
+    assert!(!store.replace(&ghost, 1).await.unwrap(), "missing token");
+    // Concurrent edits from the same version: exactly one wins.
+    let racers = (0..8).map(|i| {
+        let store = store.clone();
+        let mut t = t.clone();
+        tokio::spawn(async move {
+            t.name = format!("racer {i}");
+            t.version = 3;
+            store.replace(&t, 2).await.unwrap()
+        })
+    });
+    let mut won = 0;
+    for r in racers {
+        if r.await.unwrap() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+async fn delete_retires_the_id(store: &Store) {
+    let t = token(&["agreements"]);
+    assert!(store.insert(&t).await.unwrap());
+    assert!(store.delete(t.id).await.unwrap());
+    assert_eq!(store.get(t.id).await.unwrap(), None);
+    assert!(!store.delete(t.id).await.unwrap());
+    assert!(
+        !store.insert(&t).await.unwrap(),
+        "a deleted id is never reused"
+    );
+    let mut edited = t.clone();
+    edited.version = 2;
+    assert!(!store.replace(&edited, 1).await.unwrap());
+    assert!(!store.list().await.unwrap().iter().any(|x| x.id == t.id));
+    // Deleting an id that never existed retires it as well.
+    let never = token(&["agreements"]);
+    assert!(!store.delete(never.id).await.unwrap());
+    assert!(!store.insert(&never).await.unwrap());
+}
+
+async fn counts_add_range_prune(store: &Store) {
+    let (a, b) = (TokenId::random(), TokenId::random());
+    let d = 20_000;
+    store.add_counts(&[]).await.unwrap();
+    store
+        .add_counts(&[
+            (a, d, [1, 2, 3, 4]),
+            (a, d + 1, [1, 0, 0, 0]),
+            (b, d, [5, 0, 0, 0]),
+        ])
+        .await
+        .unwrap();
+    store.add_counts(&[(a, d, [1, 1, 1, 1])]).await.unwrap();
+    assert_eq!(
+        store.counts(a, d, d + 1).await.unwrap(),
+        vec![(d, [2, 3, 4, 5]), (d + 1, [1, 0, 0, 0])]
+    );
+    assert_eq!(
+        store.counts(a, d + 1, d + 9).await.unwrap(),
+        vec![(d + 1, [1, 0, 0, 0])]
+    );
+    assert_eq!(store.counts(a, d + 2, d).await.unwrap(), vec![]);
+    assert_eq!(
+        store.counts(b, d, d).await.unwrap(),
+        vec![(d, [5, 0, 0, 0])]
+    );
+    assert_eq!(
+        store.counts(TokenId::random(), d, d + 1).await.unwrap(),
+        vec![]
+    );
+    // Concurrent batches: each counted once.
+    let adds = (0..10).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.add_counts(&[(b, d + 1, [1, 0, 0, 1])]).await.unwrap() })
+    });
+    for add in adds {
+        add.await.unwrap();
+    }
+    assert_eq!(
+        store.counts(b, d + 1, d + 1).await.unwrap(),
+        vec![(d + 1, [10, 0, 0, 10])]
+    );
+    // Day d has two rows (a and b); they go, day d+1 stays.
+    assert_eq!(store.prune_counts(d + 1).await.unwrap(), 2);
+    assert_eq!(
+        store.counts(a, d, d + 1).await.unwrap(),
+        vec![(d + 1, [1, 0, 0, 0])]
+    );
+    assert_eq!(store.prune_counts(d + 1).await.unwrap(), 0);
+}
+
+async fn last_used_keeps_the_latest(store: &Store) {
+    let mut t = token(&["agreements"]);
+    assert!(store.insert(&t).await.unwrap());
+    let t1 = Timestamp::from_second(1_800_000_000).unwrap();
+    let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+    let t2 = Timestamp::from_second(1_900_000_000).unwrap();
+    store.set_last_used(&[(t.id, t1)]).await.unwrap();
+    assert_eq!(
+        store.get(t.id).await.unwrap().unwrap().last_used_at,
+        Some(t1)
+    );
+    store.set_last_used(&[(t.id, t0)]).await.unwrap();
+    assert_eq!(
+        store.get(t.id).await.unwrap().unwrap().last_used_at,
+        Some(t1)
+    );
+    // An edit does not clobber it.
+    t.name = "edited".into();
+    t.version = 2;
+    assert!(store.replace(&t, 1).await.unwrap());
+    assert_eq!(
+        store.get(t.id).await.unwrap().unwrap().last_used_at,
+        Some(t1)
+    );
+    store.set_last_used(&[(t.id, t2)]).await.unwrap();
+    assert_eq!(
+        store.get(t.id).await.unwrap().unwrap().last_used_at,
+        Some(t2)
+    );
+    // Deleted tokens get no row, and that is no error.
+    assert!(store.delete(t.id).await.unwrap());
+    store
+        .set_last_used(&[(t.id, t2), (TokenId::random(), t2)])
+        .await
+        .unwrap();
+    assert_eq!(store.get(t.id).await.unwrap(), None);
+}
+
+async fn events_in_order(store: &Store) {
+    let id = TokenId::random();
+    let events: Vec<Event> = ["created", "updated", "disabled"]
+        .iter()
+        .map(|a| Event {
+            at: Timestamp::from_second(1_800_000_000).unwrap(),
+            actor: Some(TokenId::random()),
+            action: a.to_string(),
+            fields: vec!["name".into()],
+        })
+        .collect();
+    for e in &events {
+        store.append_event(id, e).await.unwrap();
+    }
+    assert_eq!(store.events(id).await.unwrap(), events);
+    assert_eq!(store.events(TokenId::random()).await.unwrap(), vec![]);
+}
+
+/// The whole suite, on a fresh store.
+async fn conformance(store: Store) {
+    store.ping().await.unwrap();
+    bootstrap_once_under_concurrency(&store).await;
+    insert_get_list(&store).await;
+    replace_is_compare_and_swap(&store).await;
+    delete_retires_the_id(&store).await;
+    counts_add_range_prune(&store).await;
+    last_used_keeps_the_latest(&store).await;
+    events_in_order(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("k.redb")).unwrap();
+    conformance(Store::Embedded(Arc::new(store))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms() {
+    let redis = common::spawn_redis().await;
+    let store = RedisStore::open(&redis.url, "conformance:").await.unwrap();
+    conformance(Store::Redis(Arc::new(store))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_conforms() {
+    let redis = common::spawn_redis_cluster().await;
+    let store = RedisStore::open(&redis.url, "conformance:").await.unwrap();
+    conformance(Store::Redis(Arc::new(store))).await;
+}
+
+#[tokio::test]
+async fn redis_key_prefix_with_braces_is_refused() {
+    let redis = common::spawn_redis().await;
+    let err = RedisStore::open(&redis.url, "a{b}:").await.err().unwrap();
+    assert!(err.to_string().contains("key_prefix"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_fast_at_start() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let r = RedisStore::open(&format!("redis://127.0.0.1:{port}"), "x:").await;
+    assert!(r.is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
