@@ -307,8 +307,9 @@
     $('signin-key').value = '';
     hideBanner();
     enterSignedIn();
-    location.hash = '#/tokens';
-    route();
+    // Setting a different hash routes through `hashchange`; the same one does not.
+    if (location.hash === '#/tokens') route();
+    else location.hash = '#/tokens';
   }
 
   function signOut() {
