@@ -75,6 +75,7 @@
     list: { offset: 0, limit: 25, status: '', extension: '', search: '', total: 0, seq: 0 },
     token: null,
     tab: 'general',
+    stats: null,
     focusAfterList: null,
   };
 
@@ -905,6 +906,8 @@
     }
     showView('details');
     $('d-name').textContent = 'Loading…';
+    state.stats = null;
+    for (const id2 of ['stats-totals', 'stats-chart', 'stats-table']) $(id2).replaceChildren();
     for (const p of ['general', 'statistics', 'permissions', 'edit']) $(`panel-${p}`).hidden = true;
     let r;
     try {
@@ -994,7 +997,7 @@
     hideError($('stats-error'));
     $('stats-refresh').disabled = true;
     try {
-      const r = await api('GET', `/v1/tokens/${enc(t.id)}/stats?days=${STATS_DAYS}`);
+      const r = await api('GET', `/v1/tokens/${enc(t.id)}/stats`);
       if (seq !== statsSeq) return;
       renderStats(r.data);
     } catch (e) {
@@ -1002,6 +1005,7 @@
       $('stats-totals').replaceChildren();
       $('stats-chart').replaceChildren();
       $('stats-table').replaceChildren();
+      state.stats = null;
       showErrorIn($('stats-error'), e);
     } finally {
       if (seq === statsSeq) $('stats-refresh').disabled = false;
@@ -1022,7 +1026,8 @@
     $('stats-days-label').textContent = String(days.length || STATS_DAYS);
     const card = (cls, label, n) => h('div', { class: `total ${cls}`, 'data-class': label }, h('span', { class: 'n', text: n.toLocaleString('en-US') }), h('span', { class: 'l', text: label }));
     $('stats-totals').replaceChildren(card('', 'Total', all), ...CLASSES.map((c) => card(`c${c}`, c, totals[c])));
-    $('stats-chart').replaceChildren(chart(days, all));
+    state.stats = { days, all };
+    drawChart();
     const rows = days.map((d) => h('tr', {}, h('td', { text: d.date }), CLASSES.map((c) => h('td', { text: num(d[c]) })), h('td', { text: CLASSES.reduce((a, c) => a + num(d[c]), 0) })));
     $('stats-table').replaceChildren(
       h('table', {}, h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Day' }), CLASSES.map((c) => h('th', { scope: 'col', text: c })), h('th', { scope: 'col', text: 'Total' }))), h('tbody', {}, rows)),
@@ -1037,10 +1042,17 @@
     return 10 * p;
   }
 
-  /** A stacked bar per day (2xx at the bottom), drawn as SVG. */
-  function chart(days, total) {
-    const W = 720;
-    const H = 250;
+  /** Draws the last statistics at the container's width, so labels keep their size. */
+  function drawChart() {
+    const box = $('stats-chart');
+    if (!state.stats) return;
+    const width = Math.max(300, Math.round(box.clientWidth || 720));
+    box.replaceChildren(chart(state.stats.days, state.stats.all, width));
+  }
+
+  /** A stacked bar per day (2xx at the bottom), drawn as SVG `W` units wide. */
+  function chart(days, total, W) {
+    const H = 240;
     const L = 46;
     const R = 8;
     const T = 10;
@@ -1267,6 +1279,12 @@
       if (ev.key === 'Escape' && openMenuState) closeMenu(true);
     });
     window.addEventListener('hashchange', route);
+    window.addEventListener(
+      'resize',
+      debounce(() => {
+        if (state.view === 'details' && state.tab === 'statistics') drawChart();
+      }, 150),
+    );
   }
 
   async function boot() {
