@@ -25,8 +25,12 @@ async function check(name, fn, { fatal = false } = {}) {
     results.push({ name, ok: false, error: e });
     console.log(`FAIL ${name}: ${e && e.message ? e.message.split('\n')[0] : e}`);
     if (fatal) throw e;
+    // Leave the page usable for the next, independent check.
+    if (recover) await recover().catch(() => {});
   }
 }
+
+let recover = null;
 
 function assert(cond, msg) {
   if (!cond) throw new Error(msg);
@@ -77,6 +81,7 @@ try {
   await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: ADMIN_URL });
   const page = await context.newPage();
   page.setDefaultTimeout(10000);
+  recover = () => page.evaluate(() => document.querySelectorAll('dialog[open]').forEach((d) => d.close()));
   const consoleErrors = [];
   const requests = [];
   page.on('console', (m) => {
@@ -267,11 +272,58 @@ try {
   await check('search and status filter narrow the list', async () => {
     await page.getByLabel('Search').fill('e2e console');
     await until('one row', async () => (await page.locator('#tokens-body tr').count()) === 1 && (await row().count()) === 1);
-    await page.getByLabel('Status').selectOption('disabled');
+    await page.locator('#f-status').selectOption('disabled');
     await until('no rows', async () => (await page.locator('#tokens-body tr').count()) === 0 && (await page.locator('#tokens-empty').isVisible()));
-    await page.getByLabel('Status').selectOption('');
+    await page.locator('#f-status').selectOption('');
     await page.getByLabel('Search').fill('');
-    await until('two rows', async () => (await page.locator('#tokens-body tr').count()) === 2);
+    await until('two rows', async () => (await page.locator('#tokens-body tr').count()) >= 2);
+  });
+
+  await check('keyboard only: a perpetual token with All modules through the wizard', async () => {
+    await page.getByRole('button', { name: '+ Create token' }).focus();
+    await page.keyboard.press('Enter');
+    await page.locator('#dlg-wizard').waitFor();
+    assert(await page.evaluate(() => document.activeElement.id === 'w-name'), 'focus starts on Name');
+    await page.keyboard.type('keyboard token');
+    await page.keyboard.press('Enter'); // step 2, focus on the checked preset (30 days)
+    for (let i = 0; i < 4; i++) await page.keyboard.press('ArrowDown');
+    assert((await page.evaluate(() => document.activeElement.value)) === 'perpetual', 'arrows reach Perpetual');
+    await page.keyboard.press('Enter'); // step 3, focus on the checked extension (custom)
+    await page.keyboard.press('Enter'); // step 4, focus on All modules
+    assert((await page.evaluate(() => document.activeElement.value)) === 'all', 'focus on All modules');
+    await page.keyboard.press('Space');
+    await page.keyboard.press('Enter'); // create
+    await page.getByRole('heading', { name: 'Token created' }).waitFor();
+    const summary = await page.locator('#w-summary').innerText();
+    assert(summary.includes('Never (perpetual)') && /Permissions\s+all/i.test(summary) && summary.includes('Custom EXT-000'), `summary: ${summary}`);
+    await page.keyboard.press('Escape');
+    assert(!(await page.locator('#dlg-wizard').isVisible()), 'Escape closed the wizard');
+    assert(await page.evaluate(() => document.activeElement.id === 'create-btn'), 'focus back on Create token');
+    await page.locator('#tokens-body tr', { hasText: 'keyboard token' }).waitFor();
+  });
+
+  await check('paging with Content-Range, and the extension filter', async () => {
+    for (let i = 0; i < 11; i++) {
+      const res = await fetch(`${ADMIN_URL}/v1/tokens`, {
+        method: 'POST',
+        headers: { Authorization: `ApiKey ${ADMIN_KEY}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ name: `bulk ${String(i).padStart(2, '0')}`, permissions: ['catalog'], extension: 'reports' }),
+      });
+      assert(res.status === 201, `create answered ${res.status}`);
+    }
+    await page.getByLabel('Rows per page').selectOption('10');
+    await until('page 1', async () => (await page.locator('#page-range').innerText()) === '1–10 of 14');
+    assert((await page.locator('#tokens-body tr').count()) === 10, '10 rows');
+    await page.getByRole('button', { name: 'Next page' }).click();
+    await until('page 2', async () => (await page.locator('#page-range').innerText()) === '11–14 of 14');
+    assert(await page.getByRole('button', { name: 'Next page' }).isDisabled(), 'Next disabled on the last page');
+    await page.getByRole('button', { name: 'Previous page' }).click();
+    await until('page 1 again', async () => (await page.locator('#page-range').innerText()) === '1–10 of 14');
+    await page.locator('#f-extension').selectOption('reports');
+    await until('11 reports tokens', async () => (await page.locator('#page-range').innerText()) === '1–10 of 11');
+    await page.locator('#f-extension').selectOption('');
+    await page.getByLabel('Rows per page').selectOption('25');
+    await until('all rows', async () => (await page.locator('#page-range').innerText()) === '1–14 of 14');
   });
 
   await shot(page, 'list-1280');
@@ -327,7 +379,7 @@ try {
     await row().getByRole('link', { name: TOKEN_NAME }).click();
     await page.getByRole('heading', { name: TOKEN_NAME }).waitFor();
     await page.getByRole('tab', { name: 'Statistics' }).click();
-    await page.locator('#stats-chart svg').waitFor().catch(() => {});
+    await page.locator('#stats-chart svg, #stats-error:not([hidden])').first().waitFor();
     await shot(page, 'details-statistics-390');
     assert((await overflow()) <= 0, `details scroll sideways by ${await overflow()} px`);
     await page.getByRole('link', { name: '← Tokens' }).click();

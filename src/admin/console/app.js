@@ -867,10 +867,8 @@
 
   function closedWizard() {
     $('w-key').value = '';
-    if (wiz.created && state.view === 'list') {
-      state.focusAfterList = wiz.created.id;
-      loadList();
-    }
+    // Focus returns to the opener (the dialog's close handler); the list shows the new row.
+    if (wiz.created && state.view === 'list') loadList();
   }
 
   function kv(rows) {
