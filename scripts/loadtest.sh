@@ -22,8 +22,8 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
@@ -84,15 +84,26 @@ for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
 ADMIN=$(cat "$WORK/admin.key")
 
 echo "creating $TOKENS tokens through the admin API..."
-seq "$TOKENS" | xargs -P 8 -I{} curl -s -w '\n' -X POST "http://127.0.0.1:$KGA/v1/tokens" \
-  -H "Authorization: ApiKey $ADMIN" -H 'Content-Type: application/json' \
-  -d '{"name":"load {}","permissions":["agreements"]}' > "$WORK/created.jsonl"
-python3 - "$WORK/created.jsonl" > "$WORK/keys" <<'PY'
-import json, sys
-keys = [json.loads(l)["api_key"] for l in open(sys.argv[1]) if l.strip()]
+python3 - "$KGA" "$ADMIN" "$TOKENS" > "$WORK/keys" <<'PY'
+import http.client, json, sys, threading
+port, admin, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+keys, lock = [], threading.Lock()
+def worker(count):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(count):
+        c.request("POST", "/v1/tokens", json.dumps({"name": "load", "permissions": ["agreements"]}),
+                  {"Authorization": "ApiKey " + admin, "Content-Type": "application/json"})
+        r = c.getresponse(); body = r.read()
+        if r.status != 201:
+            sys.exit(f"create answered {r.status}: {body[:200]!r}")
+        with lock:
+            keys.append(json.loads(body)["api_key"])
+threads = [threading.Thread(target=worker, args=(n // 8 + (1 if i < n % 8 else 0),)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
 print("\n".join(keys))
 PY
-[ "$(wc -l < "$WORK/keys")" -eq "$TOKENS" ] || { echo "token creation failed"; head -3 "$WORK/created.jsonl"; exit 1; }
+[ "$(wc -l < "$WORK/keys")" -eq "$TOKENS" ] || { echo "token creation failed"; exit 1; }
 
 # --- nginx as the authenticating gateway.
 mkdir -p "$WORK/gw"

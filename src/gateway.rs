@@ -1,9 +1,9 @@
 //! The request path on the proxy listener, one named step after another:
 //! request_filter (target + path) → authenticate → authorize → forward → log.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, Version};
 use http_body_util::Either;
@@ -14,9 +14,11 @@ use crate::auth;
 use crate::config::Config;
 use crate::error::{ApiError, Source};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::{Class, Metrics, ModuleMetrics};
 use crate::proxy::{self, Forward, ResBody, Upstreams};
 use crate::routes::{self, RouteTable};
 use crate::server::ConnInfo;
+use crate::stats::Stats;
 use crate::store::{Store, TokenCache};
 use crate::token::TokenId;
 
@@ -32,6 +34,8 @@ pub struct Runtime {
     pub extension_names: Vec<HeaderValue>,
     /// Upstream client pool.
     pub upstreams: Upstreams,
+    /// Metric children of this generation's modules, made on first use.
+    module_metrics: OnceLock<Arc<ModuleMetrics>>,
 }
 
 impl Runtime {
@@ -44,8 +48,15 @@ impl Runtime {
             module_names: config.modules.iter().map(|m| header(&m.name)).collect(),
             extension_names: config.extensions.iter().map(|e| header(&e.name)).collect(),
             upstreams: Upstreams::new(),
+            module_metrics: OnceLock::new(),
             config,
         }
+    }
+
+    /// The metric children of this generation's modules.
+    pub fn module_metrics(&self, metrics: &Metrics) -> &Arc<ModuleMetrics> {
+        self.module_metrics
+            .get_or_init(|| Arc::new(metrics.modules(&self.config)))
     }
 }
 
@@ -59,6 +70,10 @@ pub struct Shared {
     pub cache: Arc<TokenCache>,
     /// Request id generator.
     pub request_ids: RequestIds,
+    /// Per-token day counters.
+    pub stats: Stats,
+    /// The Prometheus registry.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Generates request ids: a random per-process prefix and a counter (unique, cheap).
@@ -123,7 +138,9 @@ pub async fn handle(
         .map_or("none", |m| m.name.as_str());
     let token = rec.token.map(|t| t.to_string());
     let status = res.status().as_u16();
-    let latency_us = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    count(&shared, &rt, &rec, status, error.as_ref(), elapsed);
+    let latency_us = elapsed.as_micros() as u64;
     let path = rec.path.as_deref().unwrap_or("-");
     let request_id = request_id.to_str().unwrap_or("-");
     match error.as_ref().map(|e| (e, e.parts().2)) {
@@ -143,6 +160,27 @@ pub async fn handle(
     res
 }
 
+/// Counts the response: token statistics (SPEC §3: only requests that presented a
+/// known id with its correct secret have `rec.token`) and the metrics.
+fn count(
+    shared: &Shared,
+    rt: &Runtime,
+    rec: &Record,
+    status: u16,
+    error: Option<&ApiError>,
+    elapsed: Duration,
+) {
+    let modules = rt.module_metrics(&shared.metrics);
+    let slot = modules.slot(rec.module);
+    modules.observe_duration(slot, elapsed);
+    if let Some(e) = error {
+        shared.metrics.count_error(modules, slot, e);
+    }
+    shared
+        .stats
+        .record(rec.token, modules, slot, Class::of(status));
+}
+
 async fn process(
     shared: &Shared,
     rt: &Runtime,
@@ -154,14 +192,18 @@ async fn process(
     let path = request_filter(&req)?;
     rec.path = Some(path.clone());
 
+    // The module is looked up first only to label the metrics of auth failures; the
+    // order of the checks (SPEC §2) is unchanged.
+    let module_index = rt.routes.lookup(&path);
+    rec.module = module_index;
+
     // authenticate
     let entry = auth::authenticate(req.headers(), &shared.cache, &shared.store, &rt.config).await?;
     rec.token = Some(entry.id);
     auth::check_usable(&entry, Timestamp::now().as_second())?;
 
     // authorize: upstream_peer
-    let module_index = rt.routes.lookup(&path).ok_or(ApiError::RouteNotFound)?;
-    rec.module = Some(module_index);
+    let module_index = module_index.ok_or(ApiError::RouteNotFound)?;
     if !entry.perms.allows(module_index) {
         return Err(ApiError::PermDenied);
     }

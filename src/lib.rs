@@ -9,9 +9,11 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod token;
 pub mod tokens;
@@ -24,7 +26,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{Backend, Config};
 use crate::gateway::{RequestIds, Runtime, Shared};
+use crate::metrics::Metrics;
 use crate::server::Limits;
+use crate::stats::{Clock, Stats, SystemClock};
 use crate::store::{EmbeddedStore, RedisStore, Store, TokenCache};
 use crate::tokens::Tokens;
 
@@ -55,6 +59,9 @@ pub enum StartError {
     /// The bootstrap token or its key file could not be made.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    /// The metrics registry could not be built (a bug).
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// A gateway whose store is open and whose cache is loaded.
@@ -66,6 +73,14 @@ pub struct Gateway {
 impl Gateway {
     /// Opens the store, loads the cache and creates the bootstrap admin token if needed.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Gateway::start`] with the clock the statistics use (tests move it by hand).
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Gateway, StartError> {
         let store = match &config.store.backend {
             Backend::Embedded { path } => {
                 let path = path.clone();
@@ -102,11 +117,18 @@ impl Gateway {
             ),
             None => tracing::debug!("an admin token exists; no bootstrap needed"),
         }
+        let metrics = Arc::new(
+            Metrics::new(&config.metrics, Arc::clone(&cache))
+                .map_err(|e| StartError::Metrics(e.to_string()))?,
+        );
+        let stats = Stats::new(Arc::clone(&metrics), config.metrics.max_token_series, clock);
         let shared = Arc::new(Shared {
             runtime: arc_swap::ArcSwap::from_pointee(Runtime::new(config)),
             store,
             cache,
             request_ids: RequestIds::default(),
+            stats,
+            metrics,
         });
         Ok(Gateway { shared, tokens })
     }
@@ -121,7 +143,13 @@ impl Gateway {
         self.shared.runtime.load_full()
     }
 
-    /// Serves both listeners until `shutdown` resolves, then drains in-flight requests.
+    /// The shared state (statistics, metrics, store) — for tests and benches.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves both listeners until `shutdown` resolves, then drains in-flight requests
+    /// and flushes the statistics before returning.
     pub async fn run(
         self,
         listeners: Listeners,
@@ -140,6 +168,7 @@ impl Gateway {
             max_connections: 256,
             ..limits.clone()
         };
+        let flush_interval = rt.config.stats.flush_interval;
         drop(rt);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -166,12 +195,20 @@ impl Gateway {
             listeners.admin,
             admin_limits,
             move |req, conn| admin::handle(Arc::clone(&admin_shared), req, conn),
-            stopped(stop_rx),
+            stopped(stop_rx.clone()),
+        ));
+        let flusher = tokio::spawn(stats::run_flusher(
+            Arc::clone(&self.shared),
+            flush_interval,
+            stop_rx,
         ));
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = proxy.await;
         let _ = admin.await;
+        let _ = flusher.await;
+        // After the drain: every answered request is counted, none is still counting.
+        stats::final_flush(&self.shared).await;
         if let Some(sync) = sync {
             let _ = sync.await;
         }

@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod openapi;
+pub mod stats;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -60,6 +61,10 @@ pub enum Op {
     Renew,
     /// `GET /v1/tokens/{id}/events`.
     Events,
+    /// `GET /v1/tokens/{id}/stats`.
+    Stats,
+    /// `GET /metrics`.
+    Metrics,
     /// `GET /v1/modules`.
     Modules,
     /// `GET /v1/extensions`.
@@ -88,6 +93,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/healthz", Op::Healthz),
     route(Method::GET, "/readyz", Op::Readyz),
     route(Method::GET, "/openapi.json", Op::OpenApi),
+    route(Method::GET, "/metrics", Op::Metrics),
     route(Method::GET, "/v1/tokens", Op::ListTokens),
     route(Method::POST, "/v1/tokens", Op::CreateToken),
     route(Method::GET, "/v1/tokens/{id}", Op::GetToken),
@@ -98,6 +104,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/tokens/{id}/rotate", Op::Rotate),
     route(Method::POST, "/v1/tokens/{id}/renew", Op::Renew),
     route(Method::GET, "/v1/tokens/{id}/events", Op::Events),
+    route(Method::GET, "/v1/tokens/{id}/stats", Op::Stats),
     route(Method::GET, "/v1/modules", Op::Modules),
     route(Method::GET, "/v1/extensions", Op::Extensions),
 ];
@@ -240,6 +247,7 @@ async fn process(
             });
         }
         Op::OpenApi => return Ok(json_bytes(StatusCode::OK, openapi::document_bytes())),
+        Op::Metrics => return Ok(stats::metrics(shared).await),
         _ => {}
     }
 
@@ -248,6 +256,12 @@ async fn process(
     let caller = authenticate(shared, &rt, &tokens, &req).await?;
     *actor = Some(caller.token.id);
     let query = req.uri().query().map(str::to_string);
+    if op == Op::Stats {
+        let id = id.unwrap_or_default();
+        let id = crate::token::TokenId::parse(id.as_bytes())
+            .ok_or_else(|| ApiError::TokenNotFound(id.chars().take(64).collect()))?;
+        return Ok(stats::token_stats(shared, id, query.as_deref()).await);
+    }
     let body = read_body(req).await?;
     let ctx = Ctx {
         rt: &rt,

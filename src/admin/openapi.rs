@@ -216,6 +216,36 @@ fn schemas() -> Value {
             },
         },
         "EventList": { "type": "array", "items": schema_ref("Event") },
+        "ClassCounts": {
+            "type": "object", "additionalProperties": false,
+            "required": ["2xx", "3xx", "4xx", "5xx"],
+            "properties": {
+                "2xx": { "type": "integer", "minimum": 0 },
+                "3xx": { "type": "integer", "minimum": 0 },
+                "4xx": { "type": "integer", "minimum": 0 },
+                "5xx": { "type": "integer", "minimum": 0 },
+            },
+        },
+        "DayCounts": {
+            "type": "object", "additionalProperties": false,
+            "required": ["date", "2xx", "3xx", "4xx", "5xx"],
+            "properties": {
+                "date": { "type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$" },
+                "2xx": { "type": "integer", "minimum": 0 },
+                "3xx": { "type": "integer", "minimum": 0 },
+                "4xx": { "type": "integer", "minimum": 0 },
+                "5xx": { "type": "integer", "minimum": 0 },
+            },
+        },
+        "TokenStats": {
+            "type": "object", "additionalProperties": false,
+            "required": ["token_id", "days", "totals"],
+            "properties": {
+                "token_id": { "type": "string", "pattern": "^SU-[0-9]{3}-[0-9]{3}-[0-9]{3}$" },
+                "days": { "type": "array", "items": schema_ref("DayCounts") },
+                "totals": schema_ref("ClassCounts"),
+            },
+        },
         "Module": {
             "type": "object", "additionalProperties": false,
             "required": ["name", "description", "prefixes"],
@@ -353,6 +383,20 @@ fn paths() -> Value {
             "get": op("tokenEvents", "The token's audit log, oldest first (kept after delete).",
                 responses(("200", ok("Audit events.", schema_ref("EventList"))), &nf)),
         },
+        "/v1/tokens/{id}/stats": {
+            "parameters": [id_param(), {
+                "name": "days", "in": "query", "required": false,
+                "description": "Days to show, 1 to stats.retention_days (default 30, or the retention if smaller).",
+                "schema": { "type": "integer", "minimum": 1, "maximum": 3650 },
+            }],
+            "get": op("tokenStats", "Responses per UTC day by class, oldest first, zeros included, with totals.",
+                responses(("200", ok("Statistics.", schema_ref("TokenStats"))), &nf)),
+        },
+        "/metrics": { "get": {
+            "operationId": "metrics", "summary": "Prometheus metrics (text exposition format).", "tags": ["service"], "security": [],
+            "responses": { "200": { "description": "Metrics.",
+                "content": { "text/plain": { "schema": { "type": "string" } } } } },
+        }},
         "/v1/modules": {
             "get": op("listModules", "The configured modules.",
                 responses(("200", ok("Modules.", schema_ref("ModuleList"))), &[])),

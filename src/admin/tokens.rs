@@ -74,7 +74,7 @@ pub async fn dispatch(
             ok(StatusCode::OK, &m)
         }
         Op::Extensions => ok(StatusCode::OK, &ctx.rt.config.extensions),
-        Op::Healthz | Op::Readyz | Op::OpenApi => Err(ApiError::Internal),
+        Op::Healthz | Op::Readyz | Op::OpenApi | Op::Metrics | Op::Stats => Err(ApiError::Internal),
     }
 }
 

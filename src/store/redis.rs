@@ -592,15 +592,20 @@ impl RedisStore {
     /// Records last-use times (the later wins); tokens deleted meanwhile get none.
     /// Each token is its own script (own slot); repeating a batch is harmless.
     pub async fn set_last_used(&self, updates: &[(TokenId, jiff::Timestamp)]) -> StoreResult<()> {
-        let results: Vec<StoreResult<i64>> = futures_util::stream::iter(updates)
-            .map(|(id, at)| {
-                let mut inv = self.scripts.last_used.prepare_invoke();
-                inv.key(self.token_key(*id)).arg(at.as_second());
-                self.script(inv)
-            })
-            .buffer_unordered(LIST_CONCURRENCY)
-            .collect()
-            .await;
+        // Chunks of concurrent scripts; plain Vecs of futures (no stream combinator
+        // closures) keep the future Send for the spawned flusher.
+        let mut results: Vec<StoreResult<i64>> = Vec::with_capacity(updates.len());
+        for chunk in updates.chunks(LIST_CONCURRENCY) {
+            let calls: Vec<_> = chunk
+                .iter()
+                .map(|(id, at)| {
+                    let mut inv = self.scripts.last_used.prepare_invoke();
+                    inv.key(self.token_key(*id)).arg(at.as_second());
+                    self.script(inv)
+                })
+                .collect();
+            results.extend(futures_util::future::join_all(calls).await);
+        }
         results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 

@@ -209,6 +209,8 @@ pub struct TestGateway {
     pub tokens: Tokens,
     pub config: Config,
     pub dir: tempfile::TempDir,
+    /// The gateway's shared state (statistics, metrics, store).
+    pub shared: Arc<keygate::gateway::Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -248,6 +250,12 @@ impl TestGateway {
             .expect("create token");
         (t.id, format!("{}:{}", t.id, secret.expose()))
     }
+    /// Stops it gracefully, waits, and hands back its directory (restart tests).
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        self.stop().await;
+        dir
+    }
     /// Stops it gracefully and waits.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
@@ -275,6 +283,15 @@ pub async fn spawn_gateway(toml: &str) -> TestGateway {
 
 /// Like [`spawn_gateway`], reusing `dir` (its store file) — for restart tests.
 pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway {
+    spawn_gateway_with_clock(toml, dir, Arc::new(keygate::stats::SystemClock)).await
+}
+
+/// Like [`spawn_gateway_in`], with the clock the statistics use.
+pub async fn spawn_gateway_with_clock(
+    toml: &str,
+    dir: tempfile::TempDir,
+    clock: Arc<dyn keygate::stats::Clock>,
+) -> TestGateway {
     let store = dir.path().join("keygate.redb");
     let key = dir.path().join("admin.key");
     let text = if toml.contains("[store]") {
@@ -302,8 +319,11 @@ pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway
     };
     let proxy = listeners.proxy.local_addr().unwrap();
     let admin = listeners.admin.local_addr().unwrap();
-    let gw = Gateway::start(config.clone()).await.expect("gateway start");
+    let gw = Gateway::start_with_clock(config.clone(), clock)
+        .await
+        .expect("gateway start");
     let tokens = gw.tokens().clone();
+    let shared = Arc::clone(gw.shared());
     let admin_key = std::fs::read_to_string(&key)
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -318,6 +338,7 @@ pub async fn spawn_gateway_in(toml: &str, dir: tempfile::TempDir) -> TestGateway
         tokens,
         config,
         dir,
+        shared,
         stop: Some(stop),
         task: Some(task),
     }

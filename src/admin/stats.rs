@@ -1,0 +1,152 @@
+//! `GET /v1/tokens/{id}/stats` and `GET /metrics`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::error::ApiError;
+use crate::gateway::Shared;
+use crate::metrics::Class;
+use crate::store::day_from_number;
+use crate::token::TokenId;
+
+/// Days shown when the query has no `days`.
+pub const DEFAULT_DAYS: u32 = 30;
+
+/// `GET /v1/tokens/{id}/stats?days=N`: one entry per UTC day, oldest first, zeros
+/// included, then the totals — the store's counts plus those not yet flushed.
+pub async fn token_stats(
+    shared: &Shared,
+    id: TokenId,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let retention = shared.runtime.load().config.stats.retention_days;
+    let days = match parse_days(query, retention) {
+        Ok(d) => d,
+        Err(e) => return e.to_response(),
+    };
+    match shared.store.get(id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return ApiError::TokenNotFound(id.to_string()).to_response(),
+        Err(_) => return ApiError::StoreUnavailable.to_response(),
+    }
+    let today = shared.stats.today();
+    // `days` ≤ retention ≤ 3650, so this cannot overflow.
+    let from = today - i32::try_from(days).unwrap_or(1) + 1;
+    let counts = match shared
+        .stats
+        .day_counts(&shared.store, id, from, today)
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => return ApiError::StoreUnavailable.to_response(),
+    };
+    let mut totals = [0u64; 4];
+    let days: Vec<serde_json::Value> = (from..=today)
+        .zip(&counts)
+        .map(|(day, c)| {
+            for (t, n) in totals.iter_mut().zip(c) {
+                *t += n;
+            }
+            let mut o = classes(c);
+            o.insert(
+                "date".into(),
+                serde_json::Value::String(day_from_number(day).to_string()),
+            );
+            serde_json::Value::Object(o)
+        })
+        .collect();
+    let body = serde_json::json!({
+        "token_id": id.to_string(),
+        "days": days,
+        "totals": classes(&totals),
+    });
+    json_response(StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+fn classes(c: &[u64; 4]) -> serde_json::Map<String, serde_json::Value> {
+    Class::ALL
+        .iter()
+        .zip(c)
+        .map(|(class, n)| (class.label().to_string(), (*n).into()))
+        .collect()
+}
+
+/// `days`: an integer in `1..=retention`; absent = min(30, retention). Other query
+/// parameters are ignored; a repeated `days` is refused.
+fn parse_days(query: Option<&str>, retention: u32) -> Result<u32, ApiError> {
+    let bad = || ApiError::Validation(format!("days: must be an integer from 1 to {retention}"));
+    let mut days = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "days" {
+            continue;
+        }
+        if days.is_some() {
+            return Err(ApiError::Validation("days: given more than once".into()));
+        }
+        // Plain ASCII digits only: no sign, no spaces, bounded length.
+        if value.is_empty() || value.len() > 5 || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        days = Some(value.parse::<u32>().map_err(|_| bad())?);
+    }
+    let days = days.unwrap_or(DEFAULT_DAYS.min(retention));
+    if !(1..=retention).contains(&days) {
+        return Err(bad());
+    }
+    Ok(days)
+}
+
+/// `GET /metrics`: Prometheus text format. Checks the store first so
+/// `keygate_store_up` is current.
+pub async fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
+    let up = shared.store.ping().await.is_ok();
+    shared.metrics.set_store_up(up);
+    let (body, content_type) = shared.metrics.render();
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_parameter() {
+        assert_eq!(parse_days(None, 30), Ok(30));
+        assert_eq!(parse_days(Some(""), 30), Ok(30));
+        assert_eq!(parse_days(Some("days=7"), 30), Ok(7));
+        assert_eq!(parse_days(Some("x=1&days=30"), 30), Ok(30));
+        assert_eq!(parse_days(None, 10), Ok(10));
+        for bad in [
+            "days=0",
+            "days=31",
+            "days=",
+            "days",
+            "days=-1",
+            "days=+3",
+            "days=1.5",
+            "days=abc",
+            "days=%33",
+            "days=99999999999",
+            "days=1&days=2",
+        ] {
+            let e = parse_days(Some(bad), 30).unwrap_err();
+            assert_eq!(e.code(), "VALIDATION", "{bad}");
+            assert!(e.to_string().starts_with("days"), "{bad}: {e}");
+        }
+    }
+}
