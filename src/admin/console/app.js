@@ -1089,7 +1089,9 @@
       const tip = `${d.date}: ${CLASSES.map((c) => `${c} ${num(d[c])}`).join(', ')}`;
       g.append(s('rect', { class: 'hit', x, width: bw, y: T, height: ph }, s('title', {}, tip)));
       if ((days.length - 1 - i) % 5 === 0) {
-        g.append(s('text', { class: 'axis', x: x + bw / 2, y: H - 10, 'text-anchor': 'middle' }, String(d.date).slice(5)));
+        // The last label ends at the plot's edge so narrow charts do not clip it.
+        const last = i === days.length - 1;
+        g.append(s('text', { class: 'axis', x: last ? L + pw : x + bw / 2, y: H - 10, 'text-anchor': last ? 'end' : 'middle' }, String(d.date).slice(5)));
       }
       svg.append(g);
     });
