@@ -1,7 +1,9 @@
 //! The admin listener: health, readiness, the OpenAPI document and the token API of
 //! SPEC §4. Routing is one table ([`ROUTES`]) so the OpenAPI test can check that every
-//! route is documented; each `/v1/*` route authenticates its caller first.
+//! route is documented; each `/v1/*` route authenticates its caller first. The web
+//! console's static files (`GET /`, `/console/*`) are answered before routing.
 
+pub mod console;
 pub mod openapi;
 pub mod stats;
 pub mod tokens;
@@ -175,6 +177,9 @@ pub async fn handle(
     req: Request<Incoming>,
     _conn: Arc<ConnInfo>,
 ) -> Response<Full<Bytes>> {
+    if let Some(res) = console::serve(&req) {
+        return res;
+    }
     let started = Instant::now();
     let request_id =
         headers::client_request_id(req.headers()).unwrap_or_else(|| shared.request_ids.next());
