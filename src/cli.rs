@@ -15,6 +15,8 @@ use hyper_util::rt::TokioExecutor;
 use keygate::config::{Config, DEFAULT_CONFIG_PATH};
 use serde_json::{Map, Value, json};
 
+mod stats;
+
 /// Whole-request deadline.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest name shown in a table cell.
@@ -700,25 +702,12 @@ fn print_events(a: &Answer) {
 
 fn print_stats(a: &Answer) {
     let v = a.json();
-    let classes = ["2xx", "3xx", "4xx", "5xx"];
-    let Some(days) = v["days"].as_array() else {
+    match stats::render(&v) {
+        Some(text) => print!("{text}"),
         // Unknown shape: show it as it came.
-        println!(
+        None => println!(
             "{}",
             serde_json::to_string_pretty(&v).unwrap_or_else(|_| json!(null).to_string())
-        );
-        return;
-    };
-    let mut rows: Vec<Vec<String>> = days
-        .iter()
-        .map(|d| {
-            let mut r = vec![str_of(&d["date"])];
-            r.extend(classes.iter().map(|c| str_of(&d[*c])));
-            r
-        })
-        .collect();
-    let mut total = vec!["total".to_string()];
-    total.extend(classes.iter().map(|c| str_of(&v["totals"][*c])));
-    rows.push(total);
-    print_table(&["DATE", "2XX", "3XX", "4XX", "5XX"], &rows);
+        ),
+    }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::*;
+use http::Method;
 use serde_json::Value;
 
 struct Run {
@@ -287,13 +288,9 @@ async fn error_answers_exit_non_zero_with_the_server_text() {
     cli.token(&["disable", &me])
         .await
         .fails_with("SELF_LOCKOUT");
-    // Statistics are another listener feature; without that route the CLI reports
-    // the server's answer and exits non-zero.
-    let (id, _) = cli.gw.token(&["agreements"]).await;
-    let r = cli.token(&["stats", &id.to_string()]).await;
-    if r.code != 0 {
-        assert!(!r.stderr.is_empty());
-    }
+    cli.token(&["stats", "SU-000-000-001"])
+        .await
+        .fails_with("404 TOKEN_NOT_FOUND");
     // A wrong key.
     let bad = cli.gw.dir.path().join("bad.key");
     std::fs::write(
@@ -400,4 +397,100 @@ async fn defaults_from_config_and_environment() {
     )
     .await;
     r.fails_with("--admin-url");
+}
+
+/// The days rows of the `stats` table: `(date, [2xx, 3xx, 4xx, 5xx])`, then the total.
+fn stats_rows(out: &str) -> (Vec<(String, [u64; 4])>, [u64; 4]) {
+    let parse = |l: &str| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 5, "{l:?}");
+        let n = |i: usize| f[i].parse::<u64>().unwrap_or_else(|e| panic!("{e}: {l:?}"));
+        (f[0].to_string(), [n(1), n(2), n(3), n(4)])
+    };
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["DATE", "2XX", "3XX", "4XX", "5XX"]);
+    let mut days = Vec::new();
+    for l in lines.by_ref() {
+        let (label, c) = parse(l);
+        if label == "total" {
+            return (days, c);
+        }
+        days.push((label, c));
+    }
+    panic!("no total row in {out}");
+}
+
+#[tokio::test]
+async fn stats_table_sparklines_and_json() {
+    let cli = Cli::new().await;
+    let (id, key) = cli.gw.token(&["agreements"]).await;
+    let id = id.to_string();
+    // 3 × 2xx, 1 × 3xx, 2 × 4xx, 1 × 5xx. The route adds the counts not yet flushed
+    // to the store, and a response is counted before it is sent: no waiting needed.
+    for (status, times) in [(200, 3), (302, 1), (404, 2), (503, 1)] {
+        for _ in 0..times {
+            let a = get(
+                &cli.gw
+                    .url(&format!("/public/v1/agreements/x?status={status}")),
+                Some(&key),
+            )
+            .await;
+            assert_eq!(a.status.as_u16(), status);
+        }
+    }
+
+    let r = cli.token(&["stats", &id]).await;
+    let out = r.ok();
+    let (days, total) = stats_rows(out);
+    assert_eq!(total, [3, 1, 2, 1], "{out}");
+    assert_eq!(days.len(), 30, "{out}");
+    assert_eq!(days.last().unwrap().1, [3, 1, 2, 1]);
+    assert!(days[..29].iter().all(|(_, c)| *c == [0, 0, 0, 0]), "{out}");
+    // One sparkline per class: blanks for the idle days, a full bar for today, the
+    // class total at the end; the whole output fits in 80 columns.
+    for (class, n) in [("2xx", 3), ("3xx", 1), ("4xx", 2), ("5xx", 1)] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{class} |")))
+            .unwrap_or_else(|| panic!("no {class} sparkline in {out}"));
+        assert_eq!(line, format!("{class} |{}█|  {n}", " ".repeat(29)), "{out}");
+    }
+    assert!(out.lines().all(|l| l.chars().count() <= 80), "{out}");
+
+    // --json: the route's body unchanged.
+    let printed = cli.token(&["stats", &id, "--json"]).await.json();
+    let direct = admin_call(
+        &cli.gw,
+        Method::GET,
+        &format!("/v1/tokens/{id}/stats"),
+        Some(&cli.gw.admin_key),
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(printed, direct);
+    let week = cli
+        .token(&["stats", &id, "--days", "7", "--json"])
+        .await
+        .json();
+    assert_eq!(week["days"].as_array().unwrap().len(), 7);
+    assert_eq!(week["totals"], direct["totals"]);
+    let (days, _) = stats_rows(cli.token(&["stats", &id, "--days", "1"]).await.ok());
+    assert_eq!(days.len(), 1);
+
+    // Errors: the server's text, exit non-zero.
+    let r = cli.token(&["stats", &id, "--days", "0"]).await;
+    r.fails_with("400 VALIDATION");
+    r.fails_with("days");
+    assert!(r.stdout.is_empty());
+    cli.token(&["stats", &id, "--days", "31"])
+        .await
+        .fails_with("days");
+    cli.token(&["stats", "SU-000-000-001"])
+        .await
+        .fails_with("404 TOKEN_NOT_FOUND");
+    cli.token(&["stats", "SU-000-000-001", "--json"])
+        .await
+        .fails_with("TOKEN_NOT_FOUND");
 }

@@ -131,10 +131,28 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
             {
                 err(format!("{t:?} is not a date-time"));
             }
+            if s.get("format").and_then(Value::as_str) == Some("date")
+                && t.parse::<jiff::civil::Date>().is_err()
+            {
+                err(format!("{t:?} is not a date"));
+            }
         }
         Some("integer") if !v.is_i64() && !v.is_u64() => err(format!("not an integer: {v}")),
+        Some("integer") => {
+            // Counts fit in i128 whatever JSON integer they are.
+            let n = v
+                .as_i64()
+                .map_or_else(|| i128::from(v.as_u64().unwrap_or(u64::MAX)), i128::from);
+            let bound = |k: &str| s.get(k).and_then(Value::as_i64).map(i128::from);
+            if bound("minimum").is_some_and(|m| n < m) {
+                err(format!("{v} below minimum"));
+            }
+            if bound("maximum").is_some_and(|m| n > m) {
+                err(format!("{v} above maximum"));
+            }
+        }
         Some("boolean") if !v.is_boolean() => err(format!("not a boolean: {v}")),
-        Some("integer" | "boolean") => {}
+        Some("boolean") => {}
         Some(other) => panic!("type {other} not covered"),
         None => {}
     }
@@ -379,7 +397,7 @@ async fn lifecycle_answers_validate_against_the_document() {
     )
     .await;
     assert!(a.json()["api_key"].is_string());
-    checked(
+    let a = checked(
         &gw,
         &doc,
         M::POST,
@@ -389,6 +407,7 @@ async fn lifecycle_answers_validate_against_the_document() {
         "",
     )
     .await;
+    let key = a.json()["api_key"].as_str().unwrap().to_string();
     checked(
         &gw,
         &doc,
@@ -421,6 +440,64 @@ async fn lifecycle_answers_validate_against_the_document() {
         "",
     )
     .await;
+
+    // Statistics: some traffic of two classes first, so the days are not all zeros.
+    for status in [200, 500] {
+        let url = gw.url(&format!("/public/v1/agreements/x?status={status}"));
+        assert_eq!(get(&url, Some(&key)).await.status.as_u16(), status);
+    }
+    let st = "/v1/tokens/{id}/stats";
+    let a = checked(&gw, &doc, M::GET, st, &p("/stats"), k, "").await;
+    assert_eq!(a.status, 200);
+    let stats = a.json();
+    assert_eq!(stats["days"].as_array().unwrap().len(), 30);
+    assert_eq!(
+        stats["totals"],
+        json!({"2xx": 1, "3xx": 0, "4xx": 0, "5xx": 1})
+    );
+    let a = checked(&gw, &doc, M::GET, st, &p("/stats?days=7"), k, "").await;
+    assert_eq!(a.json()["days"].as_array().unwrap().len(), 7);
+    let a = checked(&gw, &doc, M::GET, st, &p("/stats?days=0"), k, "").await;
+    assert_eq!((a.status.as_u16(), a.code()), (400, "VALIDATION".into()));
+    let unknown = "/v1/tokens/SU-000-000-001/stats";
+    let a = checked(&gw, &doc, M::GET, st, unknown, k, "").await;
+    assert_eq!(
+        (a.status.as_u16(), a.code()),
+        (404, "TOKEN_NOT_FOUND".into())
+    );
+    let a = checked(&gw, &doc, M::GET, st, "/v1/tokens/nope/stats", k, "").await;
+    assert_eq!(a.status, 404);
+    let a = checked(&gw, &doc, M::GET, st, &p("/stats"), None, "").await;
+    assert_eq!(a.status, 401);
+    let ev = "/v1/tokens/{id}/events";
+    let a = checked(&gw, &doc, M::GET, ev, &p("/events"), k, "").await;
+    assert_eq!(a.status, 200);
+    assert!(!a.json().as_array().unwrap().is_empty());
+    let a = checked(
+        &gw,
+        &doc,
+        M::GET,
+        ev,
+        "/v1/tokens/SU-000-000-001/events",
+        k,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.code()),
+        (404, "TOKEN_NOT_FOUND".into())
+    );
+
+    // /metrics: documented as text/plain only, and served so.
+    let content = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+    let types: Vec<&String> = content.as_object().unwrap().keys().collect();
+    assert_eq!(types, ["text/plain"]);
+    assert_eq!(content["text/plain"]["schema"]["type"], "string");
+    let a = admin_call(&gw, M::GET, "/metrics", None, "").await;
+    assert_eq!(a.status, 200);
+    let ct = a.headers["content-type"].to_str().unwrap();
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    assert!(a.text().contains("keygate_requests_total"));
 
     // Error answers are documented and shaped like the Error schema.
     checked(&gw, &doc, M::GET, list, list, None, "").await; // 401
@@ -512,4 +589,24 @@ async fn the_validator_catches_wrong_answers() {
         v[field] = bad;
         assert!(!check("Token", &v).is_empty(), "{field}");
     }
+    // Statistics.
+    let stats = json!({"token_id": "SU-000-000-001",
+        "days": [{"date": "2026-01-01", "2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0}],
+        "totals": {"2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0}});
+    assert_eq!(check("TokenStats", &stats), Vec::<String>::new());
+    for (pointer, bad) in [
+        ("/days/0/date", json!("2026-13-01")),
+        ("/days/0/date", json!("2026-01-01T00:00:00Z")),
+        ("/days/0/2xx", json!(-1)),
+        ("/days/0/4xx", json!(1.5)),
+        ("/totals/5xx", Value::Null),
+        ("/token_id", json!("SU-1")),
+    ] {
+        let mut v = stats.clone();
+        *v.pointer_mut(pointer).unwrap() = bad;
+        assert!(!check("TokenStats", &v).is_empty(), "{pointer}");
+    }
+    let mut v = stats.clone();
+    v["days"][0].as_object_mut().unwrap().remove("3xx");
+    assert!(!check("TokenStats", &v).is_empty(), "3xx required");
 }
