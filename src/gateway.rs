@@ -114,19 +114,17 @@ struct Record {
 /// Handles one request on the proxy listener. Never fails: every error is a response.
 pub async fn handle(
     shared: Arc<Shared>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Response<ResBody> {
     let started = Instant::now();
     let request_id =
         headers::client_request_id(req.headers()).unwrap_or_else(|| shared.request_ids.next());
-    // The upstream sees the id the client gets back: one value, never an insane one.
-    req.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     let method = req.method().clone();
     let rt = shared.runtime.load_full();
     let mut rec = Record::default();
 
-    let result = process(&shared, &rt, req, &conn, &mut rec).await;
+    let result = process(&shared, &rt, req, &conn, &request_id, &mut rec).await;
     let (mut res, error) = match result {
         Ok(res) => (res, None),
         Err(e) => (e.to_response().map(Either::Left), Some(e)),
@@ -187,15 +185,16 @@ async fn process(
     rt: &Runtime,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    request_id: &HeaderValue,
     rec: &mut Record,
 ) -> Result<Response<ResBody>, ApiError> {
-    // request_filter: origin-form target, canonical path.
-    let path = request_filter(&req)?;
-    rec.path = Some(path.clone());
+    // request_filter: origin-form target, canonical path (kept in the record for the
+    // log line; forwarding borrows it).
+    let path: &str = rec.path.insert(request_filter(&req)?);
 
     // The module is looked up first only to label the metrics of auth failures; the
     // order of the checks (SPEC §2) is unchanged.
-    let module_index = rt.routes.lookup(&path);
+    let module_index = rt.routes.lookup(path);
     rec.module = module_index;
 
     // authenticate
@@ -230,6 +229,7 @@ async fn process(
             entry: &entry,
             path,
             conn,
+            request_id,
         },
         req,
     )

@@ -23,7 +23,7 @@ use crate::config::{Config, Module};
 use crate::error::{ApiError, UpstreamFailure};
 use crate::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_KEYGATE_EXTENSION,
-    X_KEYGATE_EXTERNAL_ID, X_KEYGATE_MODULE, X_KEYGATE_TOKEN_ID,
+    X_KEYGATE_EXTERNAL_ID, X_KEYGATE_MODULE, X_KEYGATE_TOKEN_ID, X_REQUEST_ID,
 };
 use crate::server::ConnInfo;
 use crate::store::AuthEntry;
@@ -124,9 +124,11 @@ pub struct Forward<'a> {
     /// The token.
     pub entry: &'a AuthEntry,
     /// The normalised path.
-    pub path: String,
+    pub path: &'a str,
     /// The client connection.
     pub conn: &'a ConnInfo,
+    /// The request id (the client's if sane, else generated).
+    pub request_id: &'a HeaderValue,
 }
 
 /// Sends the request to the module's upstream and returns its response, streamed.
@@ -157,8 +159,10 @@ pub async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
 
-    let mut pq = f.path;
-    if let Some(q) = parts.uri.query() {
+    let query = parts.uri.query();
+    let mut pq = String::with_capacity(f.path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(f.path);
+    if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);
     }
@@ -183,6 +187,8 @@ pub async fn forward(
     if !module.forward_authorization {
         h.remove(AUTHORIZATION);
     }
+    // After the hop-by-hop strip, so `Connection: x-request-id` cannot remove it.
+    h.insert(X_REQUEST_ID, f.request_id.clone());
     h.insert(X_KEYGATE_TOKEN_ID, token_id_header(f.entry));
     h.insert(X_KEYGATE_EXTENSION, f.extension_name.clone());
     h.insert(X_KEYGATE_MODULE, f.module_name.clone());
@@ -259,7 +265,11 @@ fn token_id_header(entry: &AuthEntry) -> HeaderValue {
 
 /// Appends the client address to `X-Forwarded-For` (joining earlier lines).
 fn append_forwarded_for(h: &mut http::HeaderMap, conn: &ConnInfo) {
-    let ip = conn.remote.ip().to_string();
+    if !h.contains_key(X_FORWARDED_FOR) {
+        // The common case: no proxy in front; the per-connection value, no allocation.
+        h.insert(X_FORWARDED_FOR, conn.remote_ip.clone());
+        return;
+    }
     let mut joined = String::new();
     for v in h.get_all(X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -272,7 +282,7 @@ fn append_forwarded_for(h: &mut http::HeaderMap, conn: &ConnInfo) {
     if !joined.is_empty() {
         joined.push_str(", ");
     }
-    joined.push_str(&ip);
+    joined.push_str(conn.remote_ip.to_str().unwrap_or("unknown"));
     if let Ok(v) = HeaderValue::from_str(&joined) {
         h.insert(X_FORWARDED_FOR, v);
     }

@@ -42,6 +42,22 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client's IP as a header value, made once per connection for
+    /// `X-Forwarded-For`.
+    pub remote_ip: http::HeaderValue,
+}
+
+impl ConnInfo {
+    /// Connection facts for a client at `remote`.
+    pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
+        let remote_ip = http::HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or(http::HeaderValue::from_static("unknown"));
+        ConnInfo {
+            remote,
+            tls,
+            remote_ip,
+        }
+    }
 }
 
 /// Limits and timeouts of one listener.
@@ -151,7 +167,7 @@ pub async fn serve<H, F, B>(
             async move {
                 match tls {
                     None => {
-                        let info = ConnInfo { remote, tls: false };
+                        let info = ConnInfo::new(remote, false);
                         conn.run(stream, false, info, handler).await;
                     }
                     Some(acceptor) => {
@@ -163,7 +179,7 @@ pub async fn serve<H, F, B>(
                         match hs {
                             Ok(Ok(stream)) => {
                                 let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-                                let info = ConnInfo { remote, tls: true };
+                                let info = ConnInfo::new(remote, true);
                                 conn.run(stream, h2, info, handler).await;
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),

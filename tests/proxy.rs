@@ -693,3 +693,27 @@ async fn hostile_authorization_values_answer_4xx_and_reach_nobody() {
     }
     assert_eq!(s.agreements.count(), 0);
 }
+
+/// Regression: `Connection: x-request-id` once removed the id on its way upstream.
+#[tokio::test]
+async fn connection_header_cannot_strip_the_request_id() {
+    let s = setup().await;
+    let extra = "Connection: x-request-id\r\nX-Request-Id: keep-me\r\n";
+    let a = raw(s.gw.proxy, &raw_req("GET", AGR, Some(&s.key), extra)).await;
+    assert_eq!(raw_status(&a), 200, "{a}");
+    assert_eq!(header(&a, "x-request-id"), Some("keep-me"));
+    assert_eq!(
+        s.agreements.last().unwrap().headers["x-request-id"],
+        "keep-me"
+    );
+    let a = raw(
+        s.gw.proxy,
+        &raw_req("GET", AGR, Some(&s.key), "Connection: x-request-id\r\n"),
+    )
+    .await;
+    let generated = header(&a, "x-request-id").unwrap().to_string();
+    assert_eq!(
+        s.agreements.last().unwrap().headers["x-request-id"],
+        generated.as_str()
+    );
+}
