@@ -7,9 +7,17 @@
 //! previous day and one of the next race at midnight. A request of a newer day swaps
 //! the old day's count out into a small `pending` map (a mutex touched once per token
 //! per day, not per request). The flusher takes counts out with the same CAS, so
-//! nothing is counted twice and nothing is lost; a failed flush puts its batch back
-//! into `pending` (bounded: what does not fit is dropped and counted in
-//! `keygate_stats_dropped_total`) and the next tick retries.
+//! nothing is counted twice and nothing is lost.
+//!
+//! Each flush sends its counts as one batch under a fresh [`BatchId`]. A failed flush
+//! keeps that batch unchanged (`unacked`) and every later flush first sends it again
+//! under the same id before taking new counts: the store may have applied it and only
+//! the answer been lost (a deadline, a dropped connection), and the store applies a
+//! batch id at most once, so the retry counts it exactly once either way. Meanwhile
+//! new counts stay in the slots. Memory while the store is down is therefore bounded:
+//! the slots (fixed per token), `pending` (at most [`MAX_PENDING`] rows; what does
+//! not fit is dropped and counted in `keygate_stats_dropped_total`) and the one
+//! unacknowledged batch (at most `pending` plus one row per token).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -23,7 +31,7 @@ use jiff::Timestamp;
 
 use crate::gateway::Shared;
 use crate::metrics::{Class, ClassChildren, Metrics, ModuleMetrics};
-use crate::store::{ClassCounts, Store, StoreResult};
+use crate::store::{BatchId, ClassCounts, Store, StoreResult};
 use crate::token::TokenId;
 
 /// Where "now" comes from: the system clock, or a test's hand-set one.
@@ -161,6 +169,30 @@ struct TokenSeries {
     children: Box<[ClassChildren]>,
 }
 
+/// Counts sent to the store without a confirmation.
+#[derive(Clone)]
+struct Unacked {
+    id: BatchId,
+    rows: HashMap<(u32, i32), ClassCounts>,
+}
+
+/// Sends one batch of counts.
+async fn send_batch(
+    store: &Store,
+    id: BatchId,
+    rows: &HashMap<(u32, i32), ClassCounts>,
+) -> StoreResult<()> {
+    let rows: Vec<_> = rows
+        .iter()
+        .filter_map(|(&(key, day), &c)| Some((TokenId::new(key)?, day, c)))
+        .collect();
+    let applied = store.add_counts(id, &rows).await?;
+    if !applied {
+        tracing::info!(batch = %id, "statistics batch was already applied; not counted again");
+    }
+    Ok(())
+}
+
 /// The statistics of every token seen by this process.
 pub struct Stats {
     clock: Arc<dyn Clock>,
@@ -172,6 +204,9 @@ pub struct Stats {
     /// Held by a flush from taking the counts until the store has them, and by exact
     /// readers, so a reader never misses counts that are in flight.
     flush_lock: tokio::sync::Mutex<()>,
+    /// The batch of a failed flush, sent again unchanged (same id) before anything else.
+    /// Only changed while `flush_lock` is held.
+    unacked: Mutex<Option<Unacked>>,
     series_used: AtomicUsize,
     max_series: usize,
 }
@@ -186,6 +221,7 @@ impl Stats {
             pending: Mutex::new(HashMap::new()),
             max_pending: MAX_PENDING,
             flush_lock: tokio::sync::Mutex::new(()),
+            unacked: Mutex::new(None),
             series_used: AtomicUsize::new(0),
             max_series: max_token_series,
         }
@@ -316,10 +352,12 @@ impl Stats {
         }
     }
 
-    /// Writes every count and last-use time to the store. On failure nothing is lost:
-    /// the counts go back to memory (within its bound) for the next flush.
+    /// Writes every count and last-use time to the store. On failure nothing is lost
+    /// and nothing will be counted twice: the batch is kept and sent again, under the
+    /// same id, by the next flush.
     pub async fn flush(&self, store: &Store) -> StoreResult<()> {
         let _flushing = self.flush_lock.lock().await;
+        self.send_unacked(store).await?;
         let mut batch =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         let mut used = Vec::new();
@@ -336,12 +374,12 @@ impl Stats {
             }
         }
         if !batch.is_empty() {
-            let rows: Vec<_> = batch
-                .iter()
-                .filter_map(|(&(key, day), &c)| Some((TokenId::new(key)?, day, c)))
-                .collect();
-            if let Err(e) = store.add_counts(&rows).await {
-                self.restore(batch, &used);
+            let id = BatchId::random();
+            if let Err(e) = send_batch(store, id, &batch).await {
+                // The store may have applied it; only the same id may carry it again.
+                *self.unacked.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Unacked { id, rows: batch });
+                self.restore_last_used(&used);
                 self.metrics.flush_errors.inc();
                 return Err(e);
             }
@@ -354,7 +392,7 @@ impl Stats {
                 })
                 .collect();
             if let Err(e) = store.set_last_used(&rows).await {
-                self.restore(HashMap::new(), &used);
+                self.restore_last_used(&used);
                 self.metrics.flush_errors.inc();
                 return Err(e);
             }
@@ -362,16 +400,27 @@ impl Stats {
         Ok(())
     }
 
-    /// Puts a failed flush's counts and last-use times back.
-    fn restore(&self, batch: HashMap<(u32, i32), ClassCounts>, used: &[(u32, i64)]) {
-        let mut dropped = 0;
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for ((key, day), c) in batch {
-                dropped += merge(&mut pending, self.max_pending, key, day, c);
-            }
+    /// Sends the batch of a failed flush again, if there is one. Call with
+    /// `flush_lock` held.
+    async fn send_unacked(&self, store: &Store) -> StoreResult<()> {
+        let unacked = self
+            .unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(u) = unacked else {
+            return Ok(());
+        };
+        if let Err(e) = send_batch(store, u.id, &u.rows).await {
+            self.metrics.flush_errors.inc();
+            return Err(e);
         }
-        self.note_dropped(dropped);
+        *self.unacked.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Puts a failed flush's last-use times back.
+    fn restore_last_used(&self, used: &[(u32, i64)]) {
         for &(key, at) in used {
             if let Some(e) = self.tokens.get(&key) {
                 e.last_used.fetch_max(at, Ordering::Relaxed);
@@ -381,6 +430,8 @@ impl Stats {
 
     /// A token's counts for days `from..=to` (day numbers), one entry per day, oldest
     /// first: what the store has plus what is still in memory, so the answer is exact.
+    /// An unacknowledged batch is sent first (it may or may not be in the store, so it
+    /// cannot simply be added); if that fails, so does this.
     pub async fn day_counts(
         &self,
         store: &Store,
@@ -389,6 +440,7 @@ impl Stats {
         to: i32,
     ) -> StoreResult<Vec<ClassCounts>> {
         let _flushing = self.flush_lock.lock().await;
+        self.send_unacked(store).await?;
         let stored = store.counts(id, from, to).await?;
         let len = usize::try_from(i64::from(to) - i64::from(from) + 1).unwrap_or(0);
         let mut out = vec![[0u64; 4]; len];
@@ -427,10 +479,21 @@ impl Stats {
     pub async fn prune(&self, store: &Store, retention_days: u32) -> StoreResult<u64> {
         let keep = i32::try_from(retention_days).unwrap_or(i32::MAX).max(1);
         let before = self.today().saturating_sub(keep - 1);
+        let _flushing = self.flush_lock.lock().await;
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|&(_, day), _| day >= before);
+        // Fewer rows under the same id stay safe: if the store applied the batch, the
+        // retry is still a no-op; if not, the old days are not wanted anyway.
+        if let Some(u) = self
+            .unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            u.rows.retain(|&(_, day), _| day >= before);
+        }
         store.prune_counts(before).await
     }
 
@@ -453,7 +516,13 @@ impl Stats {
             .values()
             .flatten()
             .sum();
-        slots + pending
+        let unacked: u64 = self
+            .unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |u| u.rows.values().flatten().sum());
+        slots + pending + unacked
     }
 }
 
@@ -512,7 +581,11 @@ pub async fn run_flusher(
             }
             Err(_) => {}
         }
-        shared.metrics.set_store_up(!failing);
+        // A flush with nothing to write succeeds without asking a shared store, so its
+        // health counts too.
+        shared
+            .metrics
+            .set_store_up(!failing && shared.store.accepts_reads());
         prune_daily(&shared, &mut pruned_day).await;
     }
 }

@@ -15,14 +15,27 @@ use keygate::token::{Secret, TokenId};
 /// The SPEC's bound on propagation between instances.
 const PROPAGATION: Duration = Duration::from_secs(1);
 
+/// Statistics written every 200 ms instead of every second.
+const FAST_FLUSH: &str = "[stats]\nflush_interval = \"200ms\"\n";
+
 async fn two_instances(
     redis: &TestRedis,
     prefix: &str,
     store_extra: &str,
 ) -> (TestUpstream, TestGateway, TestGateway) {
+    two_instances_with(redis, prefix, store_extra, "").await
+}
+
+/// Two instances on `redis`; `more` is extra TOML (whole tables) for both.
+async fn two_instances_with(
+    redis: &TestRedis,
+    prefix: &str,
+    store_extra: &str,
+    more: &str,
+) -> (TestUpstream, TestGateway, TestGateway) {
     let up = spawn_upstream().await;
     let toml = format!(
-        "{}{}{}",
+        "{}{more}{}{}",
         redis_store_toml(redis, prefix, store_extra),
         module_toml("agreements", &["/public/v1/agreements"], &up.url(), ""),
         module_toml("billing", &["/public/v1/billing"], &up.url(), "")
@@ -242,77 +255,261 @@ async fn propagation_time_p50_p99() {
     );
 }
 
-/// Steady load with cached tokens while Redis is killed and restarted on the same port.
+/// Statuses the load asks the upstream for: one per class, 2xx to 5xx.
+const CLASS_STATUSES: [u16; 4] = [200, 302, 404, 500];
+
+/// Client tasks sending requests with cached tokens without pause (2 ms between
+/// requests per task), round-robin over gateways, tokens and status classes, counting
+/// every answer by (token, class) and every unexpected one as failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// `sent[token][class]`: answered with the expected status.
+    sent: Arc<Vec<[AtomicU64; 4]>>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(bases: &[String], path: &str, keys: &[String], tasks: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent: Arc<Vec<[AtomicU64; 4]>> =
+            Arc::new(keys.iter().map(|_| Default::default()).collect());
+        let failed = Arc::new(AtomicU64::new(0));
+        let tasks = (0..tasks)
+            .map(|t| {
+                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+                let (bases, keys, path) = (bases.to_vec(), keys.to_vec(), path.to_string());
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        let base = &bases[i % bases.len()];
+                        let k = (i / bases.len()) % keys.len();
+                        let class = (i / bases.len() / keys.len()) % 4;
+                        i += 1;
+                        let want = CLASS_STATUSES[class];
+                        let url = format!("{base}{path}?status={want}");
+                        let got = send(&c, Method::GET, &url, Some(&keys[k]), Default::default())
+                            .await
+                            .status;
+                        if got.as_u16() == want {
+                            sent[k][class].fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("load: {url} answered {got}, wanted {want}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; returns `sent[token][class]` and the number failed.
+    async fn finish(self) -> (Vec<[u64; 4]>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let sent = self
+            .sent
+            .iter()
+            .map(|c| c.each_ref().map(|n| n.load(Ordering::Relaxed)))
+            .collect();
+        (sent, self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// Yesterday and today (UTC) as day numbers, so a run across midnight still adds up.
+fn two_days() -> (i32, i32) {
+    let today = keygate::stats::day_of(Timestamp::now().as_second());
+    (today - 1, today)
+}
+
+/// A token's counts in the store over [`two_days`], summed per class.
+async fn stored_counts(gw: &TestGateway, id: TokenId) -> [u64; 4] {
+    let (from, to) = two_days();
+    let mut sum = [0u64; 4];
+    for (_, c) in gw.shared.store.counts(id, from, to).await.unwrap() {
+        for (s, n) in sum.iter_mut().zip(c) {
+            *s += n;
+        }
+    }
+    sum
+}
+
+/// Waits until the store holds exactly `want` for every token, then checks that it
+/// still does a few flush intervals later (a retried batch would arrive late).
+async fn assert_counts_settle(gw: &TestGateway, ids: &[TokenId], want: &[[u64; 4]]) {
+    let mut got = Vec::new();
+    let settled = eventually(Duration::from_secs(10), async || {
+        got.clear();
+        for id in ids {
+            got.push(stored_counts(gw, *id).await);
+        }
+        got == want
+    })
+    .await;
+    assert!(settled, "store counts {got:?}, requests sent {want:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (id, want) in ids.iter().zip(want) {
+        assert_eq!(&stored_counts(gw, *id).await, want, "{id} changed later");
+    }
+}
+
+/// `keygate_store_up` from one scrape, and how long the scrape took.
+async fn scrape_store_up(gw: &TestGateway) -> (String, Duration) {
+    let started = Instant::now();
+    let text = get(&gw.admin_url("/metrics"), None).await.text();
+    let took = started.elapsed();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("keygate_store_up "))
+        .unwrap_or("keygate_store_up missing")
+        .to_string();
+    (line, took)
+}
+
+/// Two instances under steady load with cached tokens; Redis is SIGKILLed mid-load
+/// and restarted on the same port 2 s later. No request with a cached token fails,
+/// `/readyz` and `keygate_store_up` follow the outage, and after the counts kept in
+/// memory are flushed the store's day counters equal the requests sent, per token and
+/// class, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_outage_keeps_cached_tokens_working() {
+async fn redis_outage_keeps_cached_tokens_working_and_counts_exact() {
     let mut redis = spawn_redis().await;
-    let (_up, a, b) = two_instances(&redis, "outage:", "").await;
+    let (_up, a, b) = two_instances_with(&redis, "outage:", "", FAST_FLUSH).await;
     let path = "/public/v1/agreements/x";
-    let mut keys = Vec::new();
-    for _ in 0..5 {
-        let (_, key) = a.token(&["agreements"]).await;
-        assert_eq!(get(&a.url(path), Some(&key)).await.status, 200);
+    let (mut ids, mut keys) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let (id, key) = a.token(&["agreements"]).await;
+        ids.push(id);
         keys.push(key);
     }
-    // A token that exists in Redis but is not in A's cache: created through B.
+    // A token that exists in Redis but is in neither cache.
     let (_, unseen_key) = b.token(&["agreements"]).await;
+    // Warm both caches through the load itself (its first requests are counted too).
+    let bases = [a.url(""), b.url("")];
+    let load = Load::start(&bases, path, &keys, 4);
+    tokio::time::sleep(Duration::from_millis(700)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        let url = a.url(path);
-        tokio::spawn(async move {
-            let c = client();
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let key = &keys[i % keys.len()];
-                i += 1;
-                let s = send(&c, Method::GET, &url, Some(key), Default::default())
-                    .await
-                    .status;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if s != 200 {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
     redis.kill();
-    // While down: unknown tokens get 503, /readyz 503, cached tokens keep working.
-    assert!(
-        eventually(Duration::from_secs(3), async || {
-            get(&a.admin_url("/readyz"), None).await.status == 503
-        })
-        .await
-    );
+    let killed = Instant::now();
+    // While down: /readyz 503 and keygate_store_up 0 on both, scrapes answer within
+    // the store's deadline, unknown tokens get 503 STORE_UNAVAILABLE.
+    for gw in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(3), async || {
+                get(&gw.admin_url("/readyz"), None).await.status == 503
+            })
+            .await
+        );
+        let (line, took) = scrape_store_up(gw).await;
+        println!("outage: scrape while down took {took:?}: {line}");
+        assert_eq!(line, "keygate_store_up 0");
+        // The store's deadline (1 s) plus slack: a scrape never hangs on a dead Redis.
+        assert!(took < Duration::from_secs(2), "scrape took {took:?}");
+    }
     let a503 = get(&a.url(path), Some(&unseen_key)).await;
     assert_eq!(a503.status, 503);
     assert_eq!(a503.code(), "STORE_UNAVAILABLE");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(killed.elapsed())).await;
     redis.restart().await;
-    assert!(
-        eventually(Duration::from_secs(5), async || {
-            get(&a.admin_url("/readyz"), None).await.status == 200
-        })
-        .await
-    );
+    for gw in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(5), async || {
+                get(&gw.admin_url("/readyz"), None).await.status == 200
+            })
+            .await
+        );
+        assert!(
+            eventually(Duration::from_secs(5), async || {
+                scrape_store_up(gw).await.0 == "keygate_store_up 1"
+            })
+            .await
+        );
+    }
     assert!(
         eventually(Duration::from_secs(5), async || {
             get(&a.url(path), Some(&unseen_key)).await.status == 200
         })
         .await
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("outage: {sent} requests with cached tokens, {failed} failed");
-    assert!(sent > 100, "the load ran ({sent})");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, failed) = load.finish().await;
+    let total: u64 = sent.iter().flatten().sum();
+    println!("outage: {total} requests with cached tokens ({sent:?}), {failed} failed");
+    assert!(total > 200, "the load ran ({total})");
     assert_eq!(failed, 0);
+
+    assert_counts_settle(&a, &ids, &sent).await;
+    // The stats endpoint agrees, on either instance.
+    let admin = if a.admin_key.is_empty() {
+        &b.admin_key
+    } else {
+        &a.admin_key
+    };
+    for gw in [&a, &b] {
+        for (id, want) in ids.iter().zip(&sent) {
+            let s = admin_call(
+                gw,
+                Method::GET,
+                &format!("/v1/tokens/{id}/stats?days=2"),
+                Some(admin),
+                "",
+            )
+            .await;
+            assert_eq!(s.status, 200, "{}", s.text());
+            let totals = &s.json()["totals"];
+            let got = ["2xx", "3xx", "4xx", "5xx"].map(|c| totals[c].as_u64().unwrap());
+            assert_eq!(&got, want, "{id} via the stats endpoint");
+        }
+        assert_eq!(gw.shared.metrics.stats_dropped.get(), 0);
+        let text = get(&gw.admin_url("/metrics"), None).await.text();
+        assert!(text.contains("\nkeygate_stats_dropped_total 0\n"), "{text}");
+    }
+    println!(
+        "outage: flush errors A {}, B {}",
+        a.shared.metrics.flush_errors.get(),
+        b.shared.metrics.flush_errors.get()
+    );
+}
+
+/// Redis stalls (DEBUG SLEEP) past the store deadline while flushes are in flight:
+/// the flush fails on our side, but Redis runs the queued script when it wakes. The
+/// retry of that batch must not count it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_whose_answer_is_lost_is_not_counted_twice() {
+    let redis = spawn_redis().await;
+    let (_up, a, b) = two_instances_with(&redis, "lost:", "", FAST_FLUSH).await;
+    let path = "/public/v1/agreements/x";
+    let (mut ids, mut keys) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let (id, key) = a.token(&["agreements"]).await;
+        ids.push(id);
+        keys.push(key);
+    }
+    let load = Load::start(&[a.url(""), b.url("")], path, &keys, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let errors_before = a.shared.metrics.flush_errors.get() + b.shared.metrics.flush_errors.get();
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 2.5").await });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let _ = sleeper.await;
+    let (sent, failed) = load.finish().await;
+    let errors =
+        a.shared.metrics.flush_errors.get() + b.shared.metrics.flush_errors.get() - errors_before;
+    let total: u64 = sent.iter().flatten().sum();
+    println!("lost answers: {total} requests, {failed} failed, {errors} flushes timed out");
+    assert_eq!(failed, 0);
+    assert!(errors > 0, "a flush ran into the stall");
+    assert_counts_settle(&a, &ids, &sent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -620,7 +620,9 @@ async fn days_older_than_retention_are_pruned() {
             .iter()
             .map(|ago| (id, today - ago, [1, 0, 0, 0]))
             .collect();
-        store.add_counts(&rows).unwrap();
+        store
+            .add_counts(keygate::store::BatchId::random(), &rows)
+            .unwrap();
     }
     let up = spawn_upstream().await;
     let gw = spawn_gateway_with_clock(

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use keygate::store::{EmbeddedStore, Event, RedisStore, Store, has_active_admin};
+use keygate::store::{BatchId, EmbeddedStore, Event, RedisStore, Store, has_active_admin};
 use keygate::token::{Secret, Token, TokenId};
 
 fn token(permissions: &[&str]) -> Token {
@@ -129,16 +129,22 @@ async fn delete_retires_the_id(store: &Store) {
 async fn counts_add_range_prune(store: &Store) {
     let (a, b) = (TokenId::random(), TokenId::random());
     let d = 20_000;
-    store.add_counts(&[]).await.unwrap();
+    assert!(store.add_counts(BatchId::random(), &[]).await.unwrap());
     store
-        .add_counts(&[
-            (a, d, [1, 2, 3, 4]),
-            (a, d + 1, [1, 0, 0, 0]),
-            (b, d, [5, 0, 0, 0]),
-        ])
+        .add_counts(
+            BatchId::random(),
+            &[
+                (a, d, [1, 2, 3, 4]),
+                (a, d + 1, [1, 0, 0, 0]),
+                (b, d, [5, 0, 0, 0]),
+            ],
+        )
         .await
         .unwrap();
-    store.add_counts(&[(a, d, [1, 1, 1, 1])]).await.unwrap();
+    store
+        .add_counts(BatchId::random(), &[(a, d, [1, 1, 1, 1])])
+        .await
+        .unwrap();
     assert_eq!(
         store.counts(a, d, d + 1).await.unwrap(),
         vec![(d, [2, 3, 4, 5]), (d + 1, [1, 0, 0, 0])]
@@ -159,7 +165,12 @@ async fn counts_add_range_prune(store: &Store) {
     // Concurrent batches: each counted once.
     let adds = (0..10).map(|_| {
         let store = store.clone();
-        tokio::spawn(async move { store.add_counts(&[(b, d + 1, [1, 0, 0, 1])]).await.unwrap() })
+        tokio::spawn(async move {
+            store
+                .add_counts(BatchId::random(), &[(b, d + 1, [1, 0, 0, 1])])
+                .await
+                .unwrap()
+        })
     });
     for add in adds {
         add.await.unwrap();
@@ -175,6 +186,51 @@ async fn counts_add_range_prune(store: &Store) {
         vec![(d + 1, [1, 0, 0, 0])]
     );
     assert_eq!(store.prune_counts(d + 1).await.unwrap(), 0);
+}
+
+/// A batch sent again under the same id (its first answer lost) counts once, even
+/// when the resends race; another id with the same rows counts again.
+async fn a_count_batch_counts_once(store: &Store) {
+    let a = TokenId::random();
+    let d = 20_100;
+    let batch = BatchId::random();
+    let rows = [(a, d, [1, 2, 3, 4]), (a, d + 1, [5, 0, 0, 0])];
+    assert!(store.add_counts(batch, &rows).await.unwrap());
+    assert!(!store.add_counts(batch, &rows).await.unwrap());
+    let racing = BatchId::random();
+    let sends = (0..10).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .add_counts(racing, &[(a, d, [1, 0, 0, 0])])
+                .await
+                .unwrap()
+        })
+    });
+    let mut applied = 0;
+    for s in sends {
+        if s.await.unwrap() {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1, "exactly one of 10 concurrent resends applies");
+    assert!(
+        store
+            .add_counts(BatchId::random(), &[(a, d, [1, 0, 0, 0])])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.counts(a, d, d + 1).await.unwrap(),
+        vec![(d, [3, 2, 3, 4]), (d + 1, [5, 0, 0, 0])]
+    );
+    // Pruning old days does not forget recent batches.
+    store.prune_counts(d).await.unwrap();
+    assert!(!store.add_counts(batch, &rows).await.unwrap());
+    assert_eq!(
+        store.counts(a, d, d).await.unwrap(),
+        vec![(d, [3, 2, 3, 4])]
+    );
 }
 
 async fn last_used_keeps_the_latest(store: &Store) {
@@ -241,6 +297,7 @@ async fn conformance(store: Store) {
     replace_is_compare_and_swap(&store).await;
     delete_retires_the_id(&store).await;
     counts_add_range_prune(&store).await;
+    a_count_batch_counts_once(&store).await;
     last_used_keeps_the_latest(&store).await;
     events_in_order(&store).await;
 }
@@ -264,6 +321,61 @@ async fn redis_cluster_store_conforms() {
     let redis = common::spawn_redis_cluster().await;
     let store = RedisStore::open(&redis.url, "conformance:").await.unwrap();
     conformance(Store::Redis(Arc::new(store))).await;
+}
+
+/// Redis stalls past the store deadline while a count batch is queued: the call fails
+/// here, Redis applies the batch when it wakes, and sending it again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_batch_applied_after_its_deadline_counts_once() {
+    let redis = common::spawn_redis().await;
+    let store = Store::Redis(Arc::new(
+        RedisStore::open(&redis.url, "late:").await.unwrap(),
+    ));
+    // One batch first, so Redis has the script cached and the stalled call is a plain
+    // EVALSHA (on a fresh server it would be answered NOSCRIPT, never applied).
+    assert!(
+        store
+            .add_counts(
+                BatchId::random(),
+                &[(TokenId::random(), 20_200, [1, 0, 0, 0])]
+            )
+            .await
+            .unwrap()
+    );
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { common::redis_raw(port, "DEBUG SLEEP 2").await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (a, d) = (TokenId::random(), 20_200);
+    let batch = BatchId::random();
+    let rows = [(a, d, [7, 0, 0, 1])];
+    assert!(
+        store.add_counts(batch, &rows).await.is_err(),
+        "cut off by the deadline"
+    );
+    let _ = sleeper.await;
+    // Redis ran the queued script after waking; the resend is recognised.
+    let mut resent = None;
+    let ok = common::eventually(std::time::Duration::from_secs(5), async || {
+        resent = store.add_counts(batch, &rows).await.ok();
+        resent.is_some()
+    })
+    .await;
+    assert!(ok);
+    assert_eq!(
+        resent,
+        Some(false),
+        "the first attempt was applied after all"
+    );
+    assert_eq!(
+        store.counts(a, d, d).await.unwrap(),
+        vec![(d, [7, 0, 0, 1])]
+    );
+    // The marker expires by itself, after a day.
+    let ttl = common::redis_raw(port, &format!("TTL late:{{counts}}:batch:{batch}"))
+        .await
+        .unwrap();
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "{ttl}");
 }
 
 #[tokio::test]

@@ -238,7 +238,7 @@ async fn process(
     match op {
         Op::Healthz => return Ok(json_static(StatusCode::OK, r#"{"status":"ok"}"#)),
         Op::Readyz => {
-            return Ok(match shared.store.ping().await {
+            return Ok(match shared.store.check().await {
                 Ok(()) => json_static(StatusCode::OK, r#"{"status":"ready"}"#),
                 Err(_) => json_static(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -99,9 +99,9 @@ fn parse_days(query: Option<&str>, retention: u32) -> Result<u32, ApiError> {
 }
 
 /// `GET /metrics`: Prometheus text format. Checks the store first so
-/// `keygate_store_up` is current.
+/// `keygate_store_up` is current (at once while it is known to be down).
 pub async fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
-    let up = shared.store.ping().await.is_ok();
+    let up = shared.store.check().await.is_ok();
     shared.metrics.set_store_up(up);
     let (body, content_type) = shared.metrics.render();
     let mut res = Response::new(Full::new(Bytes::from(body)));

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use super::{BATCH_ID_TTL, BatchId, ClassCounts, Event, StoreError, StoreResult, has_active_admin};
 use crate::token::{Token, TokenId};
 
 /// id → token JSON.
@@ -14,6 +14,9 @@ const RETIRED: TableDefinition<u32, ()> = TableDefinition::new("retired_ids");
 
 /// (id, day number) → counts `[2xx, 3xx, 4xx, 5xx]`.
 const COUNTS: TableDefinition<(u32, i32), [u64; 4]> = TableDefinition::new("day_counts");
+/// Count batches applied (batch id → Unix seconds when), so a batch sent again is not
+/// counted twice; forgotten after [`BATCH_ID_TTL`] by `prune_counts`.
+const BATCHES: TableDefinition<[u8; 16], i64> = TableDefinition::new("applied_batches");
 /// id → last use (Unix seconds).
 const LAST_USED: TableDefinition<u32, i64> = TableDefinition::new("last_used");
 /// (id, sequence) → event JSON.
@@ -49,6 +52,7 @@ impl EmbeddedStore {
         txn.open_table(TOKENS).map_err(unavailable)?;
         txn.open_table(RETIRED).map_err(unavailable)?;
         txn.open_table(COUNTS).map_err(unavailable)?;
+        txn.open_table(BATCHES).map_err(unavailable)?;
         txn.open_table(LAST_USED).map_err(unavailable)?;
         txn.open_table(EVENTS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
@@ -178,12 +182,30 @@ fn fill_last_used(t: &mut Token, table: &impl ReadableTable<u32, i64>) -> StoreR
 }
 
 impl EmbeddedStore {
-    /// Adds day counts in one transaction.
-    pub fn add_counts(&self, batch: &[(TokenId, i32, ClassCounts)]) -> StoreResult<()> {
+    /// Adds day counts in one transaction, together with the batch id; `false` (and
+    /// nothing changed) if that batch was applied before.
+    pub fn add_counts(
+        &self,
+        batch: BatchId,
+        rows: &[(TokenId, i32, ClassCounts)],
+    ) -> StoreResult<bool> {
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
+            let mut batches = txn.open_table(BATCHES).map_err(unavailable)?;
+            if batches
+                .get(batch.as_bytes())
+                .map_err(unavailable)?
+                .is_some()
+            {
+                drop(batches);
+                txn.abort().map_err(unavailable)?;
+                return Ok(false);
+            }
+            batches
+                .insert(batch.as_bytes(), jiff::Timestamp::now().as_second())
+                .map_err(unavailable)?;
             let mut table = txn.open_table(COUNTS).map_err(unavailable)?;
-            for (id, day, add) in batch {
+            for (id, day, add) in rows {
                 let key = (id.number(), *day);
                 let mut cur = table
                     .get(key)
@@ -195,7 +217,8 @@ impl EmbeddedStore {
                 table.insert(key, cur).map_err(unavailable)?;
             }
         }
-        txn.commit().map_err(unavailable)
+        txn.commit().map_err(unavailable)?;
+        Ok(true)
     }
 
     /// Day counts of one token in `from..=to`.
@@ -230,6 +253,12 @@ impl EmbeddedStore {
                     }
                     keep
                 })
+                .map_err(unavailable)?;
+            let ttl = i64::try_from(BATCH_ID_TTL.as_secs()).unwrap_or(i64::MAX);
+            let oldest = jiff::Timestamp::now().as_second().saturating_sub(ttl);
+            txn.open_table(BATCHES)
+                .map_err(unavailable)?
+                .retain(|_, at| at >= oldest)
                 .map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;

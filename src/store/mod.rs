@@ -76,6 +76,19 @@ impl Store {
         }
     }
 
+    /// Checks the store for `/readyz` and `keygate_store_up`: a shared store known to be
+    /// down fails at once (the health check in [`sync`] notices when it is back), so a
+    /// probe or scrape never waits on a dead store; otherwise a ping, bounded by the
+    /// store's deadline.
+    pub async fn check(&self) -> StoreResult<()> {
+        if !self.accepts_reads() {
+            return Err(StoreError::Unavailable(
+                "the store did not answer its last call".into(),
+            ));
+        }
+        self.ping().await
+    }
+
     /// One token.
     pub async fn get(&self, id: TokenId) -> StoreResult<Option<Token>> {
         match self {
@@ -185,15 +198,65 @@ pub fn day_from_number(n: i32) -> jiff::civil::Date {
         .unwrap_or(epoch)
 }
 
+/// How long a store remembers that it applied a count batch: a batch retried later
+/// than this (its first attempt applied, the answer lost, then a day without a working
+/// store) would be counted twice.
+pub const BATCH_ID_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Names one batch of count increments, so that a batch sent again after its answer was
+/// lost (a deadline passed, the connection dropped after the store applied it) is
+/// applied once. See [`Store::add_counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchId([u8; 16]);
+
+impl BatchId {
+    /// A fresh id, unique across instances.
+    pub fn random() -> BatchId {
+        let mut b = [0u8; 16];
+        if getrandom::fill(&mut b).is_err() {
+            // No OS randomness (never seen in practice): time, process and a counter
+            // still make ids unique enough for a one-day window.
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let nanos = jiff::Timestamp::now().as_nanosecond();
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            b[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+            b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+            b[12..].copy_from_slice(&(seq as u32).to_le_bytes());
+        }
+        BatchId(b)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
 impl Store {
-    /// Adds day counts (increments). Atomic per call on both backends (one redb
-    /// transaction; one Lua script on Redis): on `Err` nothing was applied, so the
-    /// caller may keep the batch and retry it without double counting.
-    pub async fn add_counts(&self, batch: &[(TokenId, i32, ClassCounts)]) -> StoreResult<()> {
-        let batch = batch.to_vec();
+    /// Adds day counts (increments) as batch `batch`. Atomic per call on both backends
+    /// (one redb transaction; one Lua script on Redis), and idempotent per batch id for
+    /// [`BATCH_ID_TTL`]: the store records the id together with the counts, and a batch
+    /// whose id it has seen is not applied again (`Ok(false)`). So a caller whose call
+    /// failed — even one the store applied but whose answer was lost — keeps the batch
+    /// and sends it again unchanged, under the same id, without double counting.
+    pub async fn add_counts(
+        &self,
+        batch: BatchId,
+        rows: &[(TokenId, i32, ClassCounts)],
+    ) -> StoreResult<bool> {
+        if rows.is_empty() {
+            return Ok(true);
+        }
+        let rows = rows.to_vec();
         match self {
-            Store::Embedded(s) => blocking(s, move |s| s.add_counts(&batch)).await,
-            Store::Redis(s) => s.add_counts(&batch).await,
+            Store::Embedded(s) => blocking(s, move |s| s.add_counts(batch, &rows)).await,
+            Store::Redis(s) => s.add_counts(batch, &rows).await,
         }
     }
 
@@ -211,6 +274,8 @@ impl Store {
     }
 
     /// Deletes every day count older than day `before`; returns how many rows went.
+    /// Also forgets applied batch ids older than [`BATCH_ID_TTL`] (the embedded store;
+    /// on Redis they expire by themselves).
     pub async fn prune_counts(&self, before: i32) -> StoreResult<u64> {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.prune_counts(before)).await,

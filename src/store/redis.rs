@@ -12,12 +12,14 @@
 //! | `P bootstrap-lock` | string | held (with a TTL) while one instance checks for an admin token |
 //! | `P {counts}:days` | sorted set | day numbers that have counts |
 //! | `P {counts}:<day>` | hash | `<id>:<class>` → count, class 0-3 = 2xx-5xx |
+//! | `P {counts}:batch:<hex>` | string | marker of an applied count batch, expires after [`super::BATCH_ID_TTL`] |
 //!
 //! Every operation on one token touches keys of one hash slot (the `{<id>}` tag) and runs
 //! as one Lua script, which also publishes the id on `P changes`, so a change and its
 //! announcement are atomic. All counters share the `{counts}` tag so one `add_counts`
-//! call is one script: it is applied whole or not at all, and a caller may keep and
-//! retry a failed batch without double counting.
+//! call is one script: it is applied whole or not at all, together with its batch
+//! marker, so a batch sent again (its answer lost to a deadline or a dropped
+//! connection after Redis applied it) is not counted twice.
 //!
 //! Every call has a deadline ([`OP_TIMEOUT`]); a failure marks the store down until the
 //! next success, so cache misses answer 503 at once instead of queueing on a dead Redis.
@@ -31,7 +33,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
 
-use super::{ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use super::{BATCH_ID_TTL, BatchId, ClassCounts, Event, StoreError, StoreResult, has_active_admin};
 use crate::token::{Token, TokenId};
 
 /// Deadline of one store operation (connection set-up, command, answer).
@@ -76,10 +78,12 @@ local cur = tonumber(redis.call('HGET', KEYS[1], 'lu'))
 if cur == nil or cur < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'lu', ARGV[1]) end
 return 1";
 
-/// Add counts. KEYS: days set, then one hash per distinct day. ARGV: groups of 7:
-/// key index, day, id, 2xx, 3xx, 4xx, 5xx.
+/// Add counts once per batch. KEYS: days set, batch marker, then one hash per distinct
+/// day. ARGV: marker TTL (s), then groups of 7: key index, day, id, 2xx, 3xx, 4xx, 5xx.
+/// Returns 0 (and changes nothing) if the marker exists: that batch was applied before.
 const ADD_COUNTS: &str = r"
-for i = 1, #ARGV, 7 do
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 2, #ARGV, 7 do
   local k = KEYS[tonumber(ARGV[i])]
   for c = 0, 3 do redis.call('HINCRBY', k, ARGV[i + 2] .. ':' .. c, ARGV[i + 3 + c]) end
   redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i + 1])
@@ -305,6 +309,10 @@ impl RedisStore {
         format!("{}{{counts}}:{day}", self.prefix)
     }
 
+    fn batch_key(&self, batch: BatchId) -> String {
+        format!("{}{{counts}}:batch:{batch}", self.prefix)
+    }
+
     /// Runs one Redis call with the deadline and records whether Redis answered.
     async fn call<T>(&self, f: impl Future<Output = RedisResult<T>>) -> StoreResult<T> {
         match tokio::time::timeout(OP_TIMEOUT, f).await {
@@ -501,28 +509,35 @@ impl RedisStore {
         result
     }
 
-    /// Adds day counts: one script over the `{counts}` slot, so all or nothing.
-    pub async fn add_counts(&self, batch: &[(TokenId, i32, ClassCounts)]) -> StoreResult<()> {
-        if batch.is_empty() {
-            return Ok(());
+    /// Adds day counts: one script over the `{counts}` slot, so all or nothing, and at
+    /// most once per batch id; `false` if the batch was applied before.
+    pub async fn add_counts(
+        &self,
+        batch: BatchId,
+        rows: &[(TokenId, i32, ClassCounts)],
+    ) -> StoreResult<bool> {
+        if rows.is_empty() {
+            return Ok(true);
         }
-        let mut days: Vec<i32> = batch.iter().map(|b| b.1).collect();
+        let mut days: Vec<i32> = rows.iter().map(|b| b.1).collect();
         days.sort_unstable();
         days.dedup();
         let mut inv = self.scripts.add_counts.prepare_invoke();
-        inv.key(self.days_key());
+        inv.key(self.days_key()).key(self.batch_key(batch));
         for d in &days {
             inv.key(self.day_key(*d));
         }
-        for (id, day, counts) in batch {
-            // KEYS[1] is the days set, so day i is KEYS[i + 2] (Lua counts from 1).
-            let index = days.binary_search(day).unwrap_or(0) + 2;
+        inv.arg(BATCH_ID_TTL.as_secs());
+        for (id, day, counts) in rows {
+            // KEYS[1] and KEYS[2] are the days set and the marker, so day i is
+            // KEYS[i + 3] (Lua counts from 1).
+            let index = days.binary_search(day).unwrap_or(0) + 3;
             inv.arg(index)
                 .arg(*day)
                 .arg(id.number())
                 .arg(counts.as_slice());
         }
-        self.script::<i64>(inv).await.map(|_| ())
+        self.script::<i64>(inv).await.map(|applied| applied == 1)
     }
 
     /// Day counts of one token in `from..=to`, oldest first.
