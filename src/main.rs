@@ -76,22 +76,33 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path, |k| std::env::var(k).ok())?)
 }
 
-fn init_logging(format: LogFormat) {
+/// Lines buffered for the log writer thread before new ones are dropped.
+const LOG_BUFFER_LINES: usize = 128 * 1024;
+
+/// Logging to stdout through a writer thread, so a request never waits on a write(2)
+/// to a slow pipe; the guard flushes what is buffered when dropped at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .finish(std::io::stdout());
     // Colour only on a terminal: logs piped to files or `docker logs` stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
-    init_logging(format);
+    let _log_guard = init_logging(format);
     let config = load(path)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.proxy.workers {
