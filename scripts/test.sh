@@ -21,7 +21,7 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # Test threads are capped: several tests start servers and stream 200 MB.
-cargo test --all-targets -- --test-threads 4
+cargo test --all-targets --no-fail-fast -- --test-threads 4
 for extra in scripts/test-*.sh; do
   [ -e "$extra" ] || continue
   echo "== $extra"
