@@ -21,7 +21,9 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # Test threads are capped: several tests start servers and stream 200 MB.
-cargo test --all-targets --no-fail-fast -- --test-threads 4
+cargo test --lib --bins --tests --no-fail-fast -- --test-threads 4
+# Benches run once each in test mode (criterion takes no libtest flags).
+cargo test --benches --no-fail-fast
 for extra in scripts/test-*.sh; do
   [ -e "$extra" ] || continue
   echo "== $extra"
