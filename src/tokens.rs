@@ -22,6 +22,8 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 pub const MAX_EXTERNAL_ID_CHARS: usize = 64;
 /// Attempts at a free random id before giving up (a collision needs ~1e9 tokens).
 const ID_ATTEMPTS: usize = 16;
+/// Shortest `expires_in` (expiry is kept in whole seconds).
+pub const MIN_EXPIRES_IN: Duration = Duration::from_secs(1);
 /// Attempts at a compare-and-swap edit under contention.
 const CAS_ATTEMPTS: usize = 32;
 
@@ -64,9 +66,11 @@ impl Expiry {
                 Ok((Some(t), Some(t.as_second() - now.as_second())))
             }
             Expiry::In(d) => {
-                if d.is_zero() {
+                // Expiry is kept in whole seconds: "500ms" would truncate to now, i.e.
+                // a token that is already expired.
+                if d < MIN_EXPIRES_IN {
                     return Err(ApiError::Validation(format!(
-                        "{field}: must be greater than zero"
+                        "{field}: must be at least 1s (expiry is kept in whole seconds)"
                     )));
                 }
                 let signed = SignedDuration::try_from(d)
@@ -78,6 +82,23 @@ impl Expiry {
             }
         }
     }
+}
+
+/// The expiry of an empty renew: `validity_secs` from `now`, in whole seconds like every
+/// stored expiry (the cache compares whole seconds, the API status the exact time; a
+/// fraction would make them disagree for up to a second). `NOT_RENEWABLE` without a
+/// positive period.
+pub fn renewed_expiry(
+    now: Timestamp,
+    validity_secs: Option<i64>,
+) -> Result<(Option<Timestamp>, Option<i64>), ApiError> {
+    let secs = validity_secs
+        .filter(|s| *s > 0)
+        .ok_or(ApiError::NotRenewable)?;
+    let at = now
+        .checked_add(SignedDuration::from_secs(secs))
+        .map_err(|_| ApiError::NotRenewable)?;
+    Ok((Some(whole_seconds(at)), Some(secs)))
 }
 
 /// `t` without its fraction of a second.
@@ -413,4 +434,50 @@ fn write_key_file(path: &Path, content: &str) -> std::io::Result<()> {
     f.write_all(content.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (review #8): "500ms" truncated to the current second and created a
+    /// token that was already expired.
+    #[test]
+    fn sub_second_expires_in_is_refused_not_created_expired() {
+        let now = Timestamp::from_second(1_700_000_000)
+            .unwrap()
+            .checked_add(SignedDuration::from_millis(700))
+            .unwrap();
+        for d in [0, 1, 500, 999] {
+            let e = Expiry::In(Duration::from_millis(d))
+                .resolve(now, "expires_in")
+                .unwrap_err();
+            assert_eq!(e.code(), "VALIDATION");
+            assert!(e.to_string().starts_with("expires_in:"), "{e}");
+        }
+        let (at, validity) = Expiry::In(Duration::from_secs(1))
+            .resolve(now, "expires_in")
+            .unwrap();
+        assert_eq!(at.unwrap().as_second(), 1_700_000_001);
+        assert!(at.unwrap() > now);
+        assert_eq!(validity, Some(1));
+    }
+
+    /// Regression (review #8): an empty renew stored `now + validity` with now's
+    /// fraction of a second.
+    #[test]
+    fn empty_renew_stores_a_whole_second_expiry() {
+        let now = Timestamp::from_second(1_700_000_000)
+            .unwrap()
+            .checked_add(SignedDuration::from_millis(700))
+            .unwrap();
+        let (at, validity) = renewed_expiry(now, Some(3600)).unwrap();
+        let at = at.unwrap();
+        assert_eq!(at, Timestamp::from_second(1_700_003_600).unwrap());
+        assert_eq!(at.subsec_nanosecond(), 0);
+        assert_eq!(validity, Some(3600));
+        for bad in [None, Some(0), Some(-5)] {
+            assert_eq!(renewed_expiry(now, bad), Err(ApiError::NotRenewable));
+        }
+    }
 }

@@ -17,7 +17,7 @@ use crate::store::Event;
 use crate::token::{PreviousSecret, Secret, Status, Token, TokenId};
 use crate::tokens::{
     Expiry, NewToken, check_description, check_extension, check_external_id, check_name,
-    check_permissions,
+    check_permissions, renewed_expiry,
 };
 
 /// Default page size of `GET /v1/tokens`.
@@ -549,13 +549,7 @@ async fn renew(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<
             }
             let (at, validity) = match given {
                 Some(g) => g,
-                None => {
-                    let secs = t.validity_secs.ok_or(ApiError::NotRenewable)?;
-                    let at = now
-                        .checked_add(jiff::SignedDuration::from_secs(secs))
-                        .map_err(|_| ApiError::NotRenewable)?;
-                    (Some(at), Some(secs))
-                }
+                None => renewed_expiry(now, t.validity_secs)?,
             };
             t.expires_at = at;
             t.validity_secs = validity;
