@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
 use crate::error::ApiError;
-use crate::store::{Event, Store, StoreError, TokenCache};
+use crate::store::{Bootstrapped, Event, Store, StoreError, TokenCache};
 use crate::token::{Secret, Token, TokenId};
 
 /// Longest token name, in characters.
@@ -367,7 +367,7 @@ impl Tokens {
         now: Timestamp,
     ) -> Result<Option<TokenId>, String> {
         let secret = Secret::generate();
-        let token = Token {
+        let mut token = Token {
             id: TokenId::random(),
             name: "bootstrap admin".into(),
             description: "Created at first start; rotate or replace it.".into(),
@@ -385,13 +385,24 @@ impl Tokens {
             previous_secret: None,
             version: 1,
         };
-        let created = self
-            .store
-            .insert_bootstrap(&token)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !created {
-            return Ok(None);
+        let mut attempts = 0;
+        loop {
+            match self
+                .store
+                .insert_bootstrap(&token)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Bootstrapped::Inserted => break,
+                Bootstrapped::AdminExists => return Ok(None),
+                Bootstrapped::IdTaken if attempts < ID_ATTEMPTS => {
+                    attempts += 1;
+                    token.id = TokenId::random();
+                }
+                Bootstrapped::IdTaken => {
+                    return Err(format!("no free token id after {ID_ATTEMPTS} attempts"));
+                }
+            }
         }
         if let Err(e) = write_key_file(key_file, &format!("{}:{}", token.id, secret.expose())) {
             // Without the file nobody could use the token, and no other would be made.

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use keygate::store::{EmbeddedStore, Event, RedisStore, Store, has_active_admin};
+use keygate::store::{Bootstrapped, EmbeddedStore, Event, RedisStore, Store, has_active_admin};
 use keygate::token::{Secret, Token, TokenId};
 
 fn token(permissions: &[&str]) -> Token {
@@ -38,7 +38,7 @@ async fn bootstrap_once_under_concurrency(store: &Store) {
     });
     let mut created = 0;
     for c in calls {
-        if c.await.unwrap() {
+        if c.await.unwrap() == Bootstrapped::Inserted {
             created += 1;
         }
     }
@@ -54,7 +54,31 @@ async fn bootstrap_once_under_concurrency(store: &Store) {
         1
     );
     assert!(has_active_admin(&all, Timestamp::now()));
-    assert!(!store.insert_bootstrap(&token(&["all"])).await.unwrap());
+    assert_eq!(
+        store.insert_bootstrap(&token(&["all"])).await.unwrap(),
+        Bootstrapped::AdminExists
+    );
+}
+
+/// Regression (review #12): the embedded bootstrap insert skipped `insert`'s id checks,
+/// so a colliding random id overwrote a live token or reused a retired id.
+async fn bootstrap_insert_never_reuses_a_live_or_retired_id(store: &Store) {
+    let live = token(&["agreements"]);
+    assert!(store.insert(&live).await.unwrap());
+    let mut admin = token(&["all"]);
+    admin.id = live.id;
+    assert_eq!(
+        store.insert_bootstrap(&admin).await.unwrap(),
+        Bootstrapped::IdTaken
+    );
+    assert_eq!(store.get(live.id).await.unwrap(), Some(live.clone()));
+    assert!(store.delete(live.id).await.unwrap());
+    assert_eq!(
+        store.insert_bootstrap(&admin).await.unwrap(),
+        Bootstrapped::IdTaken,
+        "a retired id"
+    );
+    assert_eq!(store.get(live.id).await.unwrap(), None);
 }
 
 async fn insert_get_list(store: &Store) {
@@ -236,6 +260,8 @@ async fn events_in_order(store: &Store) {
 /// The whole suite, on a fresh store.
 async fn conformance(store: Store) {
     store.ping().await.unwrap();
+    // Before any admin exists (afterwards the bootstrap insert stops at that check).
+    bootstrap_insert_never_reuses_a_live_or_retired_id(&store).await;
     bootstrap_once_under_concurrency(&store).await;
     insert_get_list(&store).await;
     replace_is_compare_and_swap(&store).await;

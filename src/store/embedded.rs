@@ -4,7 +4,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use super::{Bootstrapped, ClassCounts, Event, StoreError, StoreResult, has_active_admin};
 use crate::token::{Token, TokenId};
 
 /// id → token JSON.
@@ -147,8 +147,9 @@ impl EmbeddedStore {
         Ok(existed)
     }
 
-    /// Inserts the bootstrap token unless an active admin exists; one transaction.
-    pub fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+    /// Inserts the bootstrap token unless an active admin exists, with the id checks of
+    /// [`EmbeddedStore::insert`]; one transaction.
+    pub fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
         let bytes = encode(token)?;
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
@@ -159,14 +160,23 @@ impl EmbeddedStore {
                 existing.push(decode(v.value())?);
             }
             if has_active_admin(&existing, token.created_at) {
-                return Ok(false);
+                return Ok(Bootstrapped::AdminExists);
+            }
+            let retired = txn.open_table(RETIRED).map_err(unavailable)?;
+            if retired
+                .get(token.id.number())
+                .map_err(unavailable)?
+                .is_some()
+                || table.get(token.id.number()).map_err(unavailable)?.is_some()
+            {
+                return Ok(Bootstrapped::IdTaken);
             }
             table
                 .insert(token.id.number(), bytes.as_slice())
                 .map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
-        Ok(true)
+        Ok(Bootstrapped::Inserted)
     }
 }
 

@@ -31,7 +31,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
 
-use super::{ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use super::{Bootstrapped, ClassCounts, Event, StoreError, StoreResult, has_active_admin};
 use crate::token::{Token, TokenId};
 
 /// Deadline of one store operation (connection set-up, command, answer).
@@ -455,7 +455,7 @@ impl RedisStore {
 
     /// Inserts `token` unless an active admin token exists. Instances serialise on a
     /// lock key with a TTL, so when several start together only one creates a token.
-    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
         let lock = format!("{}bootstrap-lock", self.prefix);
         let mut holder = [0u8; 16];
         getrandom::fill(&mut holder).map_err(unavailable)?;
@@ -485,13 +485,13 @@ impl RedisStore {
         let result = async {
             let all = self.list().await?;
             if has_active_admin(&all, token.created_at) {
-                return Ok(false);
+                return Ok(Bootstrapped::AdminExists);
             }
-            if self.insert(token).await? {
-                Ok(true)
+            Ok(if self.insert(token).await? {
+                Bootstrapped::Inserted
             } else {
-                Err(unavailable("bootstrap token id already taken; start again"))
-            }
+                Bootstrapped::IdTaken
+            })
         }
         .await;
         let mut inv = self.scripts.unlock.prepare_invoke();
