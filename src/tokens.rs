@@ -217,12 +217,21 @@ fn store_error(e: StoreError) -> ApiError {
 pub struct Tokens {
     store: Store,
     cache: Arc<TokenCache>,
+    /// Runs between a successful store write of `modify` and its cache update, so a
+    /// test can interleave a concurrent delete exactly there.
+    #[cfg(test)]
+    after_replace: Option<Arc<dyn Fn(TokenId) + Send + Sync>>,
 }
 
 impl Tokens {
     /// Operations on `store`, keeping `cache` current.
     pub fn new(store: Store, cache: Arc<TokenCache>) -> Tokens {
-        Tokens { store, cache }
+        Tokens {
+            store,
+            cache,
+            #[cfg(test)]
+            after_replace: None,
+        }
     }
 
     /// The store.
@@ -306,13 +315,21 @@ impl Tokens {
             change(&mut token)?;
             token.version = expected + 1;
             token.updated_at = now;
+            // Taken before the write: a delete that lands between the write and the
+            // cache update invalidates the id after this mark, so `fill_token` refuses
+            // to put the token back (`put` would resurrect a deleted token).
+            let started = self.cache.read_started();
             if self
                 .store
                 .replace(&token, expected)
                 .await
                 .map_err(store_error)?
             {
-                self.cache.put(&token, config);
+                #[cfg(test)]
+                if let Some(hook) = &self.after_replace {
+                    hook(id);
+                }
+                self.cache.fill_token(&token, config, started);
                 return Ok(token);
             }
         }
@@ -450,6 +467,55 @@ fn write_key_file(path: &Path, content: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EmbeddedStore;
+
+    /// Regression (review #3): `modify` re-cached with `put` after its store write, so
+    /// a delete committed and uncached in between was undone in the cache and the
+    /// deleted token kept authenticating.
+    #[tokio::test]
+    async fn modify_racing_a_delete_does_not_resurrect_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let config = Config::parse(
+            "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
+            Path::new("t.toml"),
+            |_| None,
+        )
+        .unwrap();
+        let cache = Arc::new(TokenCache::new(true));
+        let mut tokens = Tokens::new(Store::Embedded(Arc::clone(&embedded)), Arc::clone(&cache));
+        let new = NewToken {
+            name: "t".into(),
+            description: String::new(),
+            external_id: None,
+            extension: None,
+            permissions: vec!["a".into()],
+            expiry: Expiry::Perpetual,
+        };
+        let (token, _) = tokens
+            .create(new, None, &config, Timestamp::now())
+            .await
+            .unwrap();
+        assert!(cache.get(token.id).is_some());
+        // The delete of another admin request, committed and uncached while this edit
+        // sits between its own store write and its cache update.
+        let (store, c) = (Arc::clone(&embedded), Arc::clone(&cache));
+        tokens.after_replace = Some(Arc::new(move |id| {
+            assert!(store.delete(id).unwrap());
+            c.remove(id);
+        }));
+        tokens
+            .modify(token.id, &config, Timestamp::now(), |t| {
+                t.disabled = true;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(
+            cache.get(token.id).is_none(),
+            "the deleted token is back in the cache"
+        );
+    }
 
     /// Regression (review #8): "500ms" truncated to the current second and created a
     /// token that was already expired.

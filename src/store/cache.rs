@@ -268,8 +268,9 @@ impl TokenCache {
         self.negative.insert(key, Instant::now());
     }
 
-    /// Caches (or refreshes) `token` as written by this process; an entry with a
-    /// newer version is kept.
+    /// Caches `token` just written by this process under a fresh id (create,
+    /// bootstrap); an entry with a newer version is kept. Not for edits: those use
+    /// [`TokenCache::fill_token`] so a concurrent delete is never undone.
     pub fn put(&self, token: &Token, config: &Config) {
         self.negative.remove(&token.id.number());
         self.insert_newest(Arc::new(AuthEntry::new(token, config)));
