@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::{Method, StatusCode};
 use jiff::Timestamp;
+use keygate::config::Config;
+use keygate::store::{RedisStore, Store, TokenCache};
 use keygate::token::{Secret, TokenId};
 
 /// The SPEC's bound on propagation between instances.
@@ -366,4 +368,47 @@ async fn a_slow_redis_does_not_block_the_request_path() {
     );
     let _ = sleeper.await;
     assert!(status_becomes(&a, path, &uncached, StatusCode::OK, Duration::from_secs(5)).await);
+}
+
+/// A bare cache on a Redis store (no gateway, so no health check or refresher).
+async fn cache_on(redis: &TestRedis, prefix: &str) -> (Arc<TokenCache>, Store, Arc<Config>) {
+    let store = RedisStore::open(&redis.url, prefix).await.unwrap();
+    let config = Config::parse(
+        &module_toml("a", &["/a"], "http://127.0.0.1:1", ""),
+        std::path::Path::new("t.toml"),
+        |_| None,
+    )
+    .unwrap();
+    (
+        Arc::new(TokenCache::new(false)),
+        Store::Redis(Arc::new(store)),
+        Arc::new(config),
+    )
+}
+
+/// Regression (review #2): a cache miss whose every waiter was cancelled (client
+/// hung up, h2 RST_STREAM) left its single-flight entry in the map for good, so random
+/// ids grew memory without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_cache_misses_leave_no_inflight_entries() {
+    let redis = spawn_redis().await;
+    let (cache, store, config) = cache_on(&redis, "inflight:").await;
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 2").await });
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
+    let lookups: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, store, config) = (cache.clone(), store.clone(), config.clone());
+            tokio::spawn(async move { cache.lookup(TokenId::random(), &store, &config).await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), async || cache.inflight_len() >= 40).await);
+    for l in &lookups {
+        l.abort();
+    }
+    for l in lookups {
+        let _ = l.await;
+    }
+    assert_eq!(cache.inflight_len(), 0, "cancelled lookups left entries");
+    let _ = sleeper.await;
 }

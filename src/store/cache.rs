@@ -136,6 +136,25 @@ pub enum Lookup {
 /// older than that moment is refused instead.
 pub const INVALIDATED_CAPACITY: usize = 65_536;
 
+/// One waiter's share of a single-flight read. Dropping the last one removes the map
+/// entry, whether the read finished or every waiter was cancelled.
+struct Inflight<'a> {
+    map: &'a DashMap<u32, Arc<OnceCell<Lookup>>>,
+    key: u32,
+    cell: Arc<OnceCell<Lookup>>,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        // Every waiter holds one clone (in its guard) besides the map's, and clones are
+        // only taken under the shard lock `remove_if` holds: a count of 2 means no other
+        // waiter is left. `ptr_eq`: never remove a newer cell for the same id.
+        self.map.remove_if(&self.key, |_, c| {
+            Arc::ptr_eq(c, &self.cell) && Arc::strong_count(c) <= 2
+        });
+    }
+}
+
 /// The token cache.
 pub struct TokenCache {
     entries: DashMap<u32, Arc<AuthEntry>>,
@@ -187,6 +206,11 @@ impl TokenCache {
         )
     }
 
+    /// Ids with a store read (or waiters for one) in flight.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// The cached entry, without asking the store.
     pub fn get(&self, id: TokenId) -> Option<Arc<AuthEntry>> {
         self.entries.get(&id.number()).map(|e| Arc::clone(&e))
@@ -221,13 +245,21 @@ impl TokenCache {
             }
             self.negative.remove(&key);
         }
-        let cell = Arc::clone(
-            self.inflight
-                .entry(key)
-                .or_insert_with(|| Arc::new(OnceCell::new()))
-                .value(),
-        );
-        let result = cell
+        // The guard holds this waiter's only clone of the cell and removes the map
+        // entry when the lookup ends, finished or cancelled (a client that hangs up
+        // drops this future mid-read).
+        let inflight = Inflight {
+            map: &self.inflight,
+            key,
+            cell: Arc::clone(
+                self.inflight
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(OnceCell::new()))
+                    .value(),
+            ),
+        };
+        let result = inflight
+            .cell
             .get_or_init(|| async {
                 if !store.accepts_reads() {
                     return Lookup::Unavailable;
@@ -249,7 +281,7 @@ impl TokenCache {
             })
             .await
             .clone();
-        self.inflight.remove(&key);
+        drop(inflight);
         match result {
             // A request of another generation filled the shared read: build ours.
             Lookup::Found(e) if e.generation != config.generation => match store.get(id).await {

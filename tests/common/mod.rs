@@ -576,6 +576,23 @@ pub async fn redis_raw(port: u16, command: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Waits until the server on `port` stops answering (a `DEBUG SLEEP` sent on another
+/// connection is under way); false if it still answers after 5 s.
+pub async fn redis_asleep(port: u16) -> bool {
+    eventually(Duration::from_secs(5), async || {
+        let ping = async {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            s.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 64];
+            s.read(&mut buf).await.ok()
+        };
+        tokio::time::timeout(Duration::from_millis(200), ping)
+            .await
+            .is_err()
+    })
+    .await
+}
+
 async fn wait_redis_ready(port: u16) {
     let ok = eventually(Duration::from_secs(10), async || {
         redis_raw(port, "PING")
