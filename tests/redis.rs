@@ -11,7 +11,8 @@ use common::*;
 use http::{Method, StatusCode};
 use jiff::Timestamp;
 use keygate::config::Config;
-use keygate::store::{RedisStore, Store, TokenCache};
+use keygate::store::cache::MAX_MISS_READS;
+use keygate::store::{Lookup, RedisStore, Store, TokenCache};
 use keygate::token::{Secret, TokenId};
 
 /// The SPEC's bound on propagation between instances.
@@ -411,4 +412,71 @@ async fn cancelled_cache_misses_leave_no_inflight_entries() {
     }
     assert_eq!(cache.inflight_len(), 0, "cancelled lookups left entries");
     let _ = sleeper.await;
+}
+
+/// Regression (review #4): one slow token read (an id made up by a client, during a
+/// latency spike) marked the whole store down, so every uncached token got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_token_read_does_not_mark_the_store_down() {
+    let mut redis = spawn_redis().await;
+    let (cache, store, config) = cache_on(&redis, "oneslow:").await;
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 2").await });
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
+    let miss = cache.lookup(TokenId::random(), &store, &config).await;
+    assert!(matches!(miss, Lookup::Unavailable), "{miss:?}");
+    assert!(
+        store.accepts_reads(),
+        "one failed read marked the store down"
+    );
+    let _ = sleeper.await;
+    // The health check's PING still decides at once.
+    redis.kill();
+    assert!(store.ping().await.is_err());
+    assert!(!store.accepts_reads());
+}
+
+/// Regression (review #4): every miss made its own store read, without bound; now at
+/// most MAX_MISS_READS run at once and the rest answer Unavailable without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_beyond_the_read_limit_do_not_reach_the_store() {
+    let redis = spawn_redis().await;
+    let (cache, store, config) = cache_on(&redis, "flood:").await;
+    let port = redis.ports[0];
+    assert!(redis_raw(port, "CONFIG RESETSTAT").await.is_some());
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 3").await });
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
+    let extra = 60;
+    let lookups: Vec<_> = (0..MAX_MISS_READS + extra)
+        .map(|_| {
+            let (cache, store, config) = (cache.clone(), store.clone(), config.clone());
+            tokio::spawn(async move { cache.lookup(TokenId::random(), &store, &config).await })
+        })
+        .collect();
+    for l in lookups {
+        assert!(matches!(l.await.unwrap(), Lookup::Unavailable));
+    }
+    assert_eq!(cache.miss_reads_in_flight(), 0);
+    let _ = sleeper.await;
+    // Commands written while Redis slept run when it wakes; count the reads it got.
+    let mut reads = 0;
+    let counted = eventually(Duration::from_secs(5), async || {
+        let stats = redis_raw(port, "INFO commandstats")
+            .await
+            .unwrap_or_default();
+        reads = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hmget:calls="))
+            .and_then(|l| l.split(',').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        reads > 0
+    })
+    .await;
+    assert!(counted, "no HMGET reached Redis");
+    assert!(
+        reads <= MAX_MISS_READS,
+        "{reads} store reads for {} concurrent misses",
+        MAX_MISS_READS + extra
+    );
 }

@@ -19,11 +19,13 @@
 //! call is one script: it is applied whole or not at all, and a caller may keep and
 //! retry a failed batch without double counting.
 //!
-//! Every call has a deadline ([`OP_TIMEOUT`]); a failure marks the store down until the
-//! next success, so cache misses answer 503 at once instead of queueing on a dead Redis.
+//! Every call has a deadline ([`OP_TIMEOUT`]). The store is marked down (cache misses
+//! then answer 503 at once instead of queueing on a dead Redis) when a PING fails (the
+//! health check sends one every 500 ms) or after [`FAILURES_BEFORE_DOWN`] calls in a row
+//! failed; one slow or failed token read alone does not. Any success marks it up.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -36,6 +38,8 @@ use crate::token::{Token, TokenId};
 
 /// Deadline of one store operation (connection set-up, command, answer).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Failed calls in a row (with no success between) that mark the store down.
+pub const FAILURES_BEFORE_DOWN: u32 = 3;
 /// Deadline of establishing a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long an instance may hold the bootstrap lock.
@@ -141,6 +145,8 @@ impl ConnectionLike for Conn {
 struct Health {
     started: Instant,
     up: AtomicBool,
+    /// Calls failed since the last success.
+    failures: AtomicU32,
     /// Milliseconds since `started` of the last successful call.
     last_ok_ms: AtomicU64,
 }
@@ -259,6 +265,7 @@ impl RedisStore {
             health: Health {
                 started: Instant::now(),
                 up: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
                 last_ok_ms: AtomicU64::new(0),
             },
             scripts: Scripts {
@@ -313,11 +320,11 @@ impl RedisStore {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.mark_down();
+                self.mark_failed();
                 Err(unavailable(format!("redis: {e}")))
             }
             Err(_) => {
-                self.mark_down();
+                self.mark_failed();
                 Err(unavailable("redis: no answer within the deadline"))
             }
         }
@@ -337,11 +344,21 @@ impl RedisStore {
     }
 
     fn mark_ok(&self) {
+        self.health.failures.store(0, Ordering::Relaxed);
         self.health
             .last_ok_ms
             .store(self.health.now_ms(), Ordering::Relaxed);
         if !self.health.up.swap(true, Ordering::Relaxed) {
             tracing::info!("redis store reachable again");
+        }
+    }
+
+    /// One failed call: down only after [`FAILURES_BEFORE_DOWN`] in a row, so one slow
+    /// read (say, of an id an attacker made up) does not refuse every uncached token.
+    fn mark_failed(&self) {
+        let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= FAILURES_BEFORE_DOWN {
+            self.mark_down();
         }
     }
 
@@ -351,7 +368,8 @@ impl RedisStore {
         }
     }
 
-    /// Whether the last call succeeded.
+    /// Whether Redis is taken to be reachable: no failed PING and fewer than
+    /// [`FAILURES_BEFORE_DOWN`] failed calls since the last success.
     pub fn is_up(&self) -> bool {
         self.health.up.load(Ordering::Relaxed)
     }
@@ -363,9 +381,13 @@ impl RedisStore {
         Duration::from_millis(now.saturating_sub(last))
     }
 
-    /// PING.
+    /// PING; a failure marks the store down at once (the health check decides).
     pub async fn ping(&self) -> StoreResult<()> {
-        self.query(&redis::cmd("PING")).await
+        let answer = self.query(&redis::cmd("PING")).await;
+        if answer.is_err() {
+            self.mark_down();
+        }
+        answer
     }
 
     /// One token.
