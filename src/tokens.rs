@@ -221,6 +221,9 @@ pub struct Tokens {
     /// test can interleave a concurrent delete exactly there.
     #[cfg(test)]
     after_replace: Option<Arc<dyn Fn(TokenId) + Send + Sync>>,
+    /// Runs between `delete_checked`'s check and its store write.
+    #[cfg(test)]
+    before_delete: Option<Arc<dyn Fn(TokenId) + Send + Sync>>,
 }
 
 impl Tokens {
@@ -231,6 +234,8 @@ impl Tokens {
             cache,
             #[cfg(test)]
             after_replace: None,
+            #[cfg(test)]
+            before_delete: None,
         }
     }
 
@@ -363,7 +368,36 @@ impl Tokens {
         self.store.events(id).await.map_err(store_error)
     }
 
-    /// Deletes a token.
+    /// Deletes a token if `check` accepts it, atomically: the delete only happens if
+    /// the token is still the version `check` saw (retried like [`Tokens::modify`]), so
+    /// a concurrent edit cannot slip in between the check and the delete.
+    pub async fn delete_checked(
+        &self,
+        id: TokenId,
+        mut check: impl FnMut(&Token) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let token = self.get(id).await?;
+            check(&token)?;
+            #[cfg(test)]
+            if let Some(hook) = &self.before_delete {
+                hook(id);
+            }
+            if self
+                .store
+                .delete_if_version(id, token.version)
+                .await
+                .map_err(store_error)?
+            {
+                self.cache.remove(id);
+                return Ok(());
+            }
+        }
+        tracing::warn!(token = %id, "delete lost {CAS_ATTEMPTS} races in a row");
+        Err(ApiError::Internal)
+    }
+
+    /// Deletes a token, unchecked.
     pub async fn delete(&self, id: TokenId) -> Result<(), ApiError> {
         let existed = self.store.delete(id).await.map_err(store_error)?;
         self.cache.remove(id);
@@ -468,6 +502,55 @@ fn write_key_file(path: &Path, content: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::store::EmbeddedStore;
+
+    /// Regression (review #5): delete checked the escalation rule on one read and then
+    /// deleted whatever was stored, so a token widened in between (by an `all` admin)
+    /// was deleted by a caller that no longer holds all its permissions.
+    #[tokio::test]
+    async fn delete_check_is_atomic_with_the_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let config = Config::parse(
+            "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
+            Path::new("t.toml"),
+            |_| None,
+        )
+        .unwrap();
+        let cache = Arc::new(TokenCache::new(true));
+        let mut tokens = Tokens::new(Store::Embedded(Arc::clone(&embedded)), Arc::clone(&cache));
+        let new = NewToken {
+            name: "t".into(),
+            description: String::new(),
+            external_id: None,
+            extension: None,
+            permissions: vec!["a".into()],
+            expiry: Expiry::Perpetual,
+        };
+        let (token, _) = tokens
+            .create(new, None, &config, Timestamp::now())
+            .await
+            .unwrap();
+        // Another admin widens the token to `all` right after the first check passed.
+        let (store, once) = (Arc::clone(&embedded), Arc::new(std::sync::Once::new()));
+        tokens.before_delete = Some(Arc::new(move |id| {
+            once.call_once(|| {
+                let mut t = store.get(id).unwrap().unwrap();
+                t.permissions = vec![PERMISSION_ALL.into()];
+                t.version += 1;
+                assert!(store.replace(&t, t.version - 1).unwrap());
+            });
+        }));
+        let only_a = |t: &Token| {
+            if t.permissions.iter().all(|p| p == "a") {
+                Ok(())
+            } else {
+                Err(ApiError::PermEscalation("wider".into()))
+            }
+        };
+        let e = tokens.delete_checked(token.id, only_a).await.unwrap_err();
+        assert!(matches!(e, ApiError::PermEscalation(_)), "{e:?}");
+        assert!(embedded.get(token.id).unwrap().is_some(), "deleted anyway");
+    }
 
     /// Regression (review #3): `modify` re-cached with `put` after its store write, so
     /// a delete committed and uncached in between was undone in the cache and the

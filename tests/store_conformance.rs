@@ -150,6 +150,27 @@ async fn delete_retires_the_id(store: &Store) {
     assert!(!store.insert(&never).await.unwrap());
 }
 
+/// A delete that only happens if the stored version is still the one checked.
+async fn delete_if_version_is_compare_and_swap(store: &Store) {
+    let mut t = token(&["agreements"]);
+    assert!(store.insert(&t).await.unwrap());
+    assert!(!store.delete_if_version(t.id, 2).await.unwrap(), "newer");
+    t.version = 2;
+    assert!(store.replace(&t, 1).await.unwrap());
+    assert!(!store.delete_if_version(t.id, 1).await.unwrap(), "stale");
+    assert_eq!(store.get(t.id).await.unwrap(), Some(t.clone()));
+    assert!(store.delete_if_version(t.id, 2).await.unwrap());
+    assert_eq!(store.get(t.id).await.unwrap(), None);
+    assert!(!store.list().await.unwrap().iter().any(|x| x.id == t.id));
+    assert!(!store.delete_if_version(t.id, 2).await.unwrap(), "gone");
+    assert!(
+        !store.insert(&t).await.unwrap(),
+        "a deleted id is never reused"
+    );
+    let never = token(&["agreements"]);
+    assert!(!store.delete_if_version(never.id, 1).await.unwrap());
+}
+
 async fn counts_add_range_prune(store: &Store) {
     let (a, b) = (TokenId::random(), TokenId::random());
     let d = 20_000;
@@ -266,6 +287,7 @@ async fn conformance(store: Store) {
     insert_get_list(&store).await;
     replace_is_compare_and_swap(&store).await;
     delete_retires_the_id(&store).await;
+    delete_if_version_is_compare_and_swap(&store).await;
     counts_add_range_prune(&store).await;
     last_used_keeps_the_latest(&store).await;
     events_in_order(&store).await;

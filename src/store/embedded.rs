@@ -147,6 +147,29 @@ impl EmbeddedStore {
         Ok(existed)
     }
 
+    /// Deletes a token and retires its id if its version is still `expected_version`;
+    /// one transaction.
+    pub fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
+            let current = match table.get(id.number()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(false),
+            };
+            if current.version != expected_version {
+                return Ok(false);
+            }
+            table.remove(id.number()).map_err(unavailable)?;
+            let mut retired = txn.open_table(RETIRED).map_err(unavailable)?;
+            retired.insert(id.number(), ()).map_err(unavailable)?;
+            let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
+            last_used.remove(id.number()).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+
     /// Inserts the bootstrap token unless an active admin exists, with the id checks of
     /// [`EmbeddedStore::insert`]; one transaction.
     pub fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {

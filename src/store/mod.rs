@@ -119,6 +119,18 @@ impl Store {
         }
     }
 
+    /// Deletes a token (retiring its id) only if its stored version is still
+    /// `expected_version`, so a check made on that version holds for the delete;
+    /// `false` if it changed or vanished meanwhile.
+    pub async fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+        match self {
+            Store::Embedded(s) => {
+                blocking(s, move |s| s.delete_if_version(id, expected_version)).await
+            }
+            Store::Redis(s) => s.delete_if_version(id, expected_version).await,
+        }
+    }
+
     /// Atomically inserts `token` unless an active token with the admin permission
     /// exists at its `created_at`. Like [`Store::insert`], never over a live token's id
     /// or a retired one ([`Bootstrapped::IdTaken`]: try again with another id).

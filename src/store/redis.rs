@@ -73,6 +73,16 @@ redis.call('HSET', KEYS[1], 'r', '1')
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return existed";
 
+/// Delete and retire if the version is still the expected one. KEYS: token. ARGV:
+/// expected version, channel, id.
+const DELETE_IF_VERSION: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if (not v) or v ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'r', '1')
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1";
+
 /// Keep the later last-use time of a live token. KEYS: token. ARGV: Unix seconds.
 const LAST_USED: &str = r"
 if redis.call('HEXISTS', KEYS[1], 'j') == 0 then return 0 end
@@ -173,6 +183,7 @@ struct Scripts {
     insert: Script,
     replace: Script,
     delete: Script,
+    delete_if_version: Script,
     last_used: Script,
     add_counts: Script,
     prune: Script,
@@ -272,6 +283,7 @@ impl RedisStore {
                 insert: Script::new(INSERT),
                 replace: Script::new(REPLACE),
                 delete: Script::new(DELETE),
+                delete_if_version: Script::new(DELETE_IF_VERSION),
                 last_used: Script::new(LAST_USED),
                 add_counts: Script::new(ADD_COUNTS),
                 prune: Script::new(PRUNE),
@@ -473,6 +485,25 @@ impl RedisStore {
             tracing::warn!(token = %id, error = %e, "deleted token left in the id index");
         }
         Ok(existed == 1)
+    }
+
+    /// Deletes a token and retires its id if its version is still `expected_version`;
+    /// announces it.
+    pub async fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+        let mut inv = self.scripts.delete_if_version.prepare_invoke();
+        inv.key(self.token_key(id))
+            .arg(expected_version)
+            .arg(&self.channel)
+            .arg(id.to_string());
+        let deleted: i64 = self.script(inv).await?;
+        if deleted == 1
+            && let Err(e) = self
+                .query::<()>(redis::cmd("SREM").arg(self.ids_key()).arg(id.number()))
+                .await
+        {
+            tracing::warn!(token = %id, error = %e, "deleted token left in the id index");
+        }
+        Ok(deleted == 1)
     }
 
     /// Inserts `token` unless an active admin token exists. Instances serialise on a
