@@ -473,7 +473,7 @@ async fn unknown_routes_and_methods() {
         "/v1/nope",
         "/v1/tokens/",
         "/v1/tokens/a/b",
-        "/",
+        // (`/` is the web console's page since the console merge.)
         "/v2/tokens",
     ] {
         assert_error(
