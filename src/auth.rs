@@ -43,16 +43,22 @@ pub fn presented(headers: &HeaderMap) -> Result<Presented<'_>, MultipleAuthoriza
 }
 
 /// Parses one header value: scheme `ApiKey` (any case), one or more spaces, `<id>:<secret>`.
+///
+/// `ApiKey` followed by nothing or only spaces is the scheme with an empty credential
+/// (`Unparsable`, so `AUTH_INVALID`): HTTP/1 trims trailing spaces from header values
+/// and HTTP/2 does not, and both must answer alike. Anything that does not start with
+/// `apikey` plus a space (or is exactly `apikey`) is another scheme (`Missing`).
 pub fn parse(value: &[u8]) -> Presented<'_> {
     const SCHEME: &[u8] = b"apikey";
-    if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+    if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
         return Presented::Missing;
     }
     let rest = &value[SCHEME.len()..];
     let credential = match rest.iter().position(|&b| b != b' ') {
-        // "ApiKeyX…" is another scheme; "ApiKey" alone is the scheme with nothing.
+        // "ApiKeyX…" is another scheme.
         Some(0) => return Presented::Missing,
         Some(n) => &rest[n..],
+        // "ApiKey" alone or followed by spaces: the scheme with no credential.
         None => return Presented::Unparsable,
     };
     if value.len() > MAX_AUTHORIZATION_LEN {
@@ -131,8 +137,11 @@ mod tests {
             (format!("ApiKey\t{GOOD}"), "missing"),
             (format!("Bearer {GOOD}"), "missing"),
             (format!("Basic {GOOD}"), "missing"),
-            ("ApiKey".to_string(), "missing"),
+            ("ApiKey".to_string(), "unparsable"),
+            ("apikey".to_string(), "unparsable"),
             ("ApiKey ".to_string(), "unparsable"),
+            ("ApiKey    ".to_string(), "unparsable"),
+            ("ApiKe".to_string(), "missing"),
             ("".to_string(), "missing"),
             ("ApiKey SU-160-984-311".to_string(), "unparsable"),
             ("ApiKey SU-160-984-311:".to_string(), "unparsable"),
@@ -143,6 +152,15 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(kind(&v), want, "{v:?}");
+        }
+    }
+
+    /// Regression (review #7): HTTP/1 trims `ApiKey ` to `ApiKey` and answered
+    /// AUTH_MISSING while HTTP/2 kept the space and answered AUTH_INVALID.
+    #[test]
+    fn empty_apikey_credential_is_invalid_on_h1_and_h2_alike() {
+        for v in ["ApiKey", "ApiKey ", "APIKEY  ", "apikey"] {
+            assert_eq!(kind(v), "unparsable", "{v:?}");
         }
     }
 

@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
 use crate::error::ApiError;
-use crate::store::{Event, Store, StoreError, TokenCache};
+use crate::store::{Bootstrapped, Event, Store, StoreError, TokenCache};
 use crate::token::{Secret, Token, TokenId};
 
 /// Longest token name, in characters.
@@ -22,6 +22,8 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 pub const MAX_EXTERNAL_ID_CHARS: usize = 64;
 /// Attempts at a free random id before giving up (a collision needs ~1e9 tokens).
 const ID_ATTEMPTS: usize = 16;
+/// Shortest `expires_in` (expiry is kept in whole seconds).
+pub const MIN_EXPIRES_IN: Duration = Duration::from_secs(1);
 /// Attempts at a compare-and-swap edit under contention.
 const CAS_ATTEMPTS: usize = 32;
 
@@ -64,9 +66,11 @@ impl Expiry {
                 Ok((Some(t), Some(t.as_second() - now.as_second())))
             }
             Expiry::In(d) => {
-                if d.is_zero() {
+                // Expiry is kept in whole seconds: "500ms" would truncate to now, i.e.
+                // a token that is already expired.
+                if d < MIN_EXPIRES_IN {
                     return Err(ApiError::Validation(format!(
-                        "{field}: must be greater than zero"
+                        "{field}: must be at least 1s (expiry is kept in whole seconds)"
                     )));
                 }
                 let signed = SignedDuration::try_from(d)
@@ -78,6 +82,23 @@ impl Expiry {
             }
         }
     }
+}
+
+/// The expiry of an empty renew: `validity_secs` from `now`, in whole seconds like every
+/// stored expiry (the cache compares whole seconds, the API status the exact time; a
+/// fraction would make them disagree for up to a second). `NOT_RENEWABLE` without a
+/// positive period.
+pub fn renewed_expiry(
+    now: Timestamp,
+    validity_secs: Option<i64>,
+) -> Result<(Option<Timestamp>, Option<i64>), ApiError> {
+    let secs = validity_secs
+        .filter(|s| *s > 0)
+        .ok_or(ApiError::NotRenewable)?;
+    let at = now
+        .checked_add(SignedDuration::from_secs(secs))
+        .map_err(|_| ApiError::NotRenewable)?;
+    Ok((Some(whole_seconds(at)), Some(secs)))
 }
 
 /// `t` without its fraction of a second.
@@ -196,12 +217,26 @@ fn store_error(e: StoreError) -> ApiError {
 pub struct Tokens {
     store: Store,
     cache: Arc<TokenCache>,
+    /// Runs between a successful store write of `modify` and its cache update, so a
+    /// test can interleave a concurrent delete exactly there.
+    #[cfg(test)]
+    after_replace: Option<Arc<dyn Fn(TokenId) + Send + Sync>>,
+    /// Runs between `delete_checked`'s check and its store write.
+    #[cfg(test)]
+    before_delete: Option<Arc<dyn Fn(TokenId) + Send + Sync>>,
 }
 
 impl Tokens {
     /// Operations on `store`, keeping `cache` current.
     pub fn new(store: Store, cache: Arc<TokenCache>) -> Tokens {
-        Tokens { store, cache }
+        Tokens {
+            store,
+            cache,
+            #[cfg(test)]
+            after_replace: None,
+            #[cfg(test)]
+            before_delete: None,
+        }
     }
 
     /// The store.
@@ -285,13 +320,21 @@ impl Tokens {
             change(&mut token)?;
             token.version = expected + 1;
             token.updated_at = now;
+            // Taken before the write: a delete that lands between the write and the
+            // cache update invalidates the id after this mark, so `fill_token` refuses
+            // to put the token back (`put` would resurrect a deleted token).
+            let started = self.cache.read_started();
             if self
                 .store
                 .replace(&token, expected)
                 .await
                 .map_err(store_error)?
             {
-                self.cache.put(&token, config);
+                #[cfg(test)]
+                if let Some(hook) = &self.after_replace {
+                    hook(id);
+                }
+                self.cache.fill_token(&token, config, started);
                 return Ok(token);
             }
         }
@@ -325,7 +368,36 @@ impl Tokens {
         self.store.events(id).await.map_err(store_error)
     }
 
-    /// Deletes a token.
+    /// Deletes a token if `check` accepts it, atomically: the delete only happens if
+    /// the token is still the version `check` saw (retried like [`Tokens::modify`]), so
+    /// a concurrent edit cannot slip in between the check and the delete.
+    pub async fn delete_checked(
+        &self,
+        id: TokenId,
+        mut check: impl FnMut(&Token) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let token = self.get(id).await?;
+            check(&token)?;
+            #[cfg(test)]
+            if let Some(hook) = &self.before_delete {
+                hook(id);
+            }
+            if self
+                .store
+                .delete_if_version(id, token.version)
+                .await
+                .map_err(store_error)?
+            {
+                self.cache.remove(id);
+                return Ok(());
+            }
+        }
+        tracing::warn!(token = %id, "delete lost {CAS_ATTEMPTS} races in a row");
+        Err(ApiError::Internal)
+    }
+
+    /// Deletes a token, unchecked.
     pub async fn delete(&self, id: TokenId) -> Result<(), ApiError> {
         let existed = self.store.delete(id).await.map_err(store_error)?;
         self.cache.remove(id);
@@ -346,7 +418,7 @@ impl Tokens {
         now: Timestamp,
     ) -> Result<Option<TokenId>, String> {
         let secret = Secret::generate();
-        let token = Token {
+        let mut token = Token {
             id: TokenId::random(),
             name: "bootstrap admin".into(),
             description: "Created at first start; rotate or replace it.".into(),
@@ -364,13 +436,24 @@ impl Tokens {
             previous_secret: None,
             version: 1,
         };
-        let created = self
-            .store
-            .insert_bootstrap(&token)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !created {
-            return Ok(None);
+        let mut attempts = 0;
+        loop {
+            match self
+                .store
+                .insert_bootstrap(&token)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Bootstrapped::Inserted => break,
+                Bootstrapped::AdminExists => return Ok(None),
+                Bootstrapped::IdTaken if attempts < ID_ATTEMPTS => {
+                    attempts += 1;
+                    token.id = TokenId::random();
+                }
+                Bootstrapped::IdTaken => {
+                    return Err(format!("no free token id after {ID_ATTEMPTS} attempts"));
+                }
+            }
         }
         if let Err(e) = write_key_file(key_file, &format!("{}:{}", token.id, secret.expose())) {
             // Without the file nobody could use the token, and no other would be made.
@@ -413,4 +496,148 @@ fn write_key_file(path: &Path, content: &str) -> std::io::Result<()> {
     f.write_all(content.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    /// Regression (review #5): delete checked the escalation rule on one read and then
+    /// deleted whatever was stored, so a token widened in between (by an `all` admin)
+    /// was deleted by a caller that no longer holds all its permissions.
+    #[tokio::test]
+    async fn delete_check_is_atomic_with_the_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let config = Config::parse(
+            "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
+            Path::new("t.toml"),
+            |_| None,
+        )
+        .unwrap();
+        let cache = Arc::new(TokenCache::new(true));
+        let mut tokens = Tokens::new(Store::Embedded(Arc::clone(&embedded)), Arc::clone(&cache));
+        let new = NewToken {
+            name: "t".into(),
+            description: String::new(),
+            external_id: None,
+            extension: None,
+            permissions: vec!["a".into()],
+            expiry: Expiry::Perpetual,
+        };
+        let (token, _) = tokens
+            .create(new, None, &config, Timestamp::now())
+            .await
+            .unwrap();
+        // Another admin widens the token to `all` right after the first check passed.
+        let (store, once) = (Arc::clone(&embedded), Arc::new(std::sync::Once::new()));
+        tokens.before_delete = Some(Arc::new(move |id| {
+            once.call_once(|| {
+                let mut t = store.get(id).unwrap().unwrap();
+                t.permissions = vec![PERMISSION_ALL.into()];
+                t.version += 1;
+                assert!(store.replace(&t, t.version - 1).unwrap());
+            });
+        }));
+        let only_a = |t: &Token| {
+            if t.permissions.iter().all(|p| p == "a") {
+                Ok(())
+            } else {
+                Err(ApiError::PermEscalation("wider".into()))
+            }
+        };
+        let e = tokens.delete_checked(token.id, only_a).await.unwrap_err();
+        assert!(matches!(e, ApiError::PermEscalation(_)), "{e:?}");
+        assert!(embedded.get(token.id).unwrap().is_some(), "deleted anyway");
+    }
+
+    /// Regression (review #3): `modify` re-cached with `put` after its store write, so
+    /// a delete committed and uncached in between was undone in the cache and the
+    /// deleted token kept authenticating.
+    #[tokio::test]
+    async fn modify_racing_a_delete_does_not_resurrect_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let config = Config::parse(
+            "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
+            Path::new("t.toml"),
+            |_| None,
+        )
+        .unwrap();
+        let cache = Arc::new(TokenCache::new(true));
+        let mut tokens = Tokens::new(Store::Embedded(Arc::clone(&embedded)), Arc::clone(&cache));
+        let new = NewToken {
+            name: "t".into(),
+            description: String::new(),
+            external_id: None,
+            extension: None,
+            permissions: vec!["a".into()],
+            expiry: Expiry::Perpetual,
+        };
+        let (token, _) = tokens
+            .create(new, None, &config, Timestamp::now())
+            .await
+            .unwrap();
+        assert!(cache.get(token.id).is_some());
+        // The delete of another admin request, committed and uncached while this edit
+        // sits between its own store write and its cache update.
+        let (store, c) = (Arc::clone(&embedded), Arc::clone(&cache));
+        tokens.after_replace = Some(Arc::new(move |id| {
+            assert!(store.delete(id).unwrap());
+            c.remove(id);
+        }));
+        tokens
+            .modify(token.id, &config, Timestamp::now(), |t| {
+                t.disabled = true;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(
+            cache.get(token.id).is_none(),
+            "the deleted token is back in the cache"
+        );
+    }
+
+    /// Regression (review #8): "500ms" truncated to the current second and created a
+    /// token that was already expired.
+    #[test]
+    fn sub_second_expires_in_is_refused_not_created_expired() {
+        let now = Timestamp::from_second(1_700_000_000)
+            .unwrap()
+            .checked_add(SignedDuration::from_millis(700))
+            .unwrap();
+        for d in [0, 1, 500, 999] {
+            let e = Expiry::In(Duration::from_millis(d))
+                .resolve(now, "expires_in")
+                .unwrap_err();
+            assert_eq!(e.code(), "VALIDATION");
+            assert!(e.to_string().starts_with("expires_in:"), "{e}");
+        }
+        let (at, validity) = Expiry::In(Duration::from_secs(1))
+            .resolve(now, "expires_in")
+            .unwrap();
+        assert_eq!(at.unwrap().as_second(), 1_700_000_001);
+        assert!(at.unwrap() > now);
+        assert_eq!(validity, Some(1));
+    }
+
+    /// Regression (review #8): an empty renew stored `now + validity` with now's
+    /// fraction of a second.
+    #[test]
+    fn empty_renew_stores_a_whole_second_expiry() {
+        let now = Timestamp::from_second(1_700_000_000)
+            .unwrap()
+            .checked_add(SignedDuration::from_millis(700))
+            .unwrap();
+        let (at, validity) = renewed_expiry(now, Some(3600)).unwrap();
+        let at = at.unwrap();
+        assert_eq!(at, Timestamp::from_second(1_700_003_600).unwrap());
+        assert_eq!(at.subsec_nanosecond(), 0);
+        assert_eq!(validity, Some(3600));
+        for bad in [None, Some(0), Some(-5)] {
+            assert_eq!(renewed_expiry(now, bad), Err(ApiError::NotRenewable));
+        }
+    }
 }

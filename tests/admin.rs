@@ -787,6 +787,28 @@ async fn self_lockout_is_refused() {
         .call(DELETE, &format!("/v1/tokens/{me}"), env.admin(), "")
         .await;
     assert_error(&a, 409, "SELF_LOCKOUT");
+    // Regression (review #5): a PATCH of its own permissions without `integrations`
+    // or `all` locked the caller out just as well.
+    for perms in [json!(["agreements"]), json!(["agreements", "billing"])] {
+        let a = env
+            .call(
+                PATCH,
+                &format!("/v1/tokens/{me}"),
+                env.admin(),
+                &json!({ "permissions": perms }).to_string(),
+            )
+            .await;
+        assert_error(&a, 409, "SELF_LOCKOUT");
+    }
+    let a = env
+        .call(
+            PATCH,
+            &format!("/v1/tokens/{me}"),
+            env.admin(),
+            r#"{"permissions": ["integrations", "agreements"]}"#,
+        )
+        .await;
+    assert_eq!(a.status, 200, "keeping integrations is fine: {}", a.text());
     // Still works.
     assert_eq!(
         env.call(GET, "/v1/tokens", env.admin(), "").await.status,

@@ -652,7 +652,9 @@ async fn graceful_stop_lets_in_flight_requests_finish() {
     let url = s.gw.url(&format!("{AGR}?sleep_ms=300"));
     let key = s.key.clone();
     let inflight = tokio::spawn(async move { get(&url, Some(&key)).await.status });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stop only once the request is in flight (a fixed sleep races a loaded machine).
+    let agreements = &s.agreements;
+    assert!(eventually(Duration::from_secs(10), async || agreements.arrived() == 1).await);
     let proxy = s.gw.proxy;
     s.gw.stop().await;
     assert_eq!(inflight.await.unwrap(), 200);

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::{Method, StatusCode};
 use jiff::Timestamp;
+use keygate::config::Config;
+use keygate::store::cache::MAX_MISS_READS;
+use keygate::store::{Lookup, RedisStore, Store, TokenCache};
 use keygate::token::{Secret, TokenId};
 
 /// The SPEC's bound on propagation between instances.
@@ -550,7 +553,8 @@ async fn a_slow_redis_does_not_block_the_request_path() {
     assert_eq!(get(&a.url(path), Some(&cached)).await.status, 200);
     let port = redis.ports[0];
     let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 4").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Measure only once Redis really sleeps (a fixed sleep races a loaded machine).
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
     let started = Instant::now();
     assert_eq!(get(&a.url(path), Some(&cached)).await.status, 200);
     let hit = started.elapsed();
@@ -563,4 +567,114 @@ async fn a_slow_redis_does_not_block_the_request_path() {
     );
     let _ = sleeper.await;
     assert!(status_becomes(&a, path, &uncached, StatusCode::OK, Duration::from_secs(5)).await);
+}
+
+/// A bare cache on a Redis store (no gateway, so no health check or refresher).
+async fn cache_on(redis: &TestRedis, prefix: &str) -> (Arc<TokenCache>, Store, Arc<Config>) {
+    let store = RedisStore::open(&redis.url, prefix).await.unwrap();
+    let config = Config::parse(
+        &module_toml("a", &["/a"], "http://127.0.0.1:1", ""),
+        std::path::Path::new("t.toml"),
+        |_| None,
+    )
+    .unwrap();
+    (
+        Arc::new(TokenCache::new(false)),
+        Store::Redis(Arc::new(store)),
+        Arc::new(config),
+    )
+}
+
+/// Regression (review #2): a cache miss whose every waiter was cancelled (client
+/// hung up, h2 RST_STREAM) left its single-flight entry in the map for good, so random
+/// ids grew memory without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_cache_misses_leave_no_inflight_entries() {
+    let redis = spawn_redis().await;
+    let (cache, store, config) = cache_on(&redis, "inflight:").await;
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 2").await });
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
+    let lookups: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, store, config) = (cache.clone(), store.clone(), config.clone());
+            tokio::spawn(async move { cache.lookup(TokenId::random(), &store, &config).await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), async || cache.inflight_len() >= 40).await);
+    for l in &lookups {
+        l.abort();
+    }
+    for l in lookups {
+        let _ = l.await;
+    }
+    assert_eq!(cache.inflight_len(), 0, "cancelled lookups left entries");
+    let _ = sleeper.await;
+}
+
+/// Regression (review #4): one slow token read (an id made up by a client, during a
+/// latency spike) marked the whole store down, so every uncached token got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_token_read_does_not_mark_the_store_down() {
+    let mut redis = spawn_redis().await;
+    let (cache, store, config) = cache_on(&redis, "oneslow:").await;
+    let port = redis.ports[0];
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 2").await });
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
+    let miss = cache.lookup(TokenId::random(), &store, &config).await;
+    assert!(matches!(miss, Lookup::Unavailable), "{miss:?}");
+    assert!(
+        store.accepts_reads(),
+        "one failed read marked the store down"
+    );
+    let _ = sleeper.await;
+    // The health check's PING still decides at once.
+    redis.kill();
+    assert!(store.ping().await.is_err());
+    assert!(!store.accepts_reads());
+}
+
+/// Regression (review #4): every miss made its own store read, without bound; now at
+/// most MAX_MISS_READS run at once and the rest answer Unavailable without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_beyond_the_read_limit_do_not_reach_the_store() {
+    let redis = spawn_redis().await;
+    let (cache, store, config) = cache_on(&redis, "flood:").await;
+    let port = redis.ports[0];
+    assert!(redis_raw(port, "CONFIG RESETSTAT").await.is_some());
+    let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 3").await });
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
+    let extra = 60;
+    let lookups: Vec<_> = (0..MAX_MISS_READS + extra)
+        .map(|_| {
+            let (cache, store, config) = (cache.clone(), store.clone(), config.clone());
+            tokio::spawn(async move { cache.lookup(TokenId::random(), &store, &config).await })
+        })
+        .collect();
+    for l in lookups {
+        assert!(matches!(l.await.unwrap(), Lookup::Unavailable));
+    }
+    assert_eq!(cache.miss_reads_in_flight(), 0);
+    let _ = sleeper.await;
+    // Commands written while Redis slept run when it wakes; count the reads it got.
+    let mut reads = 0;
+    let counted = eventually(Duration::from_secs(5), async || {
+        let stats = redis_raw(port, "INFO commandstats")
+            .await
+            .unwrap_or_default();
+        reads = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hmget:calls="))
+            .and_then(|l| l.split(',').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        reads > 0
+    })
+    .await;
+    assert!(counted, "no HMGET reached Redis");
+    assert!(
+        reads <= MAX_MISS_READS,
+        "{reads} store reads for {} concurrent misses",
+        MAX_MISS_READS + extra
+    );
 }

@@ -107,7 +107,8 @@ async fn serve_round_trip(log_format: &str) -> Vec<String> {
             .status
         }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Signal only once the request is in flight (a fixed sleep races a loaded machine).
+    assert!(eventually(Duration::from_secs(10), async || up.arrived() == 1).await);
     let mut proc = proc;
     let pid = proc.0.id();
     assert!(

@@ -863,3 +863,61 @@ fn shipped_dashboard_and_scrape_config_name_real_metrics() {
         );
     }
 }
+
+/// A `tracing` writer into a shared buffer, to read the log lines a test caused.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Regression (review E4): the stats route answered its errors as successes, so they
+/// were logged without `error_code`, and its answers had no `Cache-Control: no-store`.
+#[tokio::test]
+async fn stats_errors_are_logged_with_error_code_and_answers_are_not_cached() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The default test runtime is single-threaded, so the gateway's tasks log here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&agreements(&up, "")).await;
+    let (id, _) = gw.token(&["agreements"]).await;
+    let missing = TokenId::new(999_999_998).unwrap();
+    for (path, status, code) in [
+        (format!("/v1/tokens/{id}/stats?days=0"), 400, "VALIDATION"),
+        (
+            format!("/v1/tokens/{missing}/stats"),
+            404,
+            "TOKEN_NOT_FOUND",
+        ),
+    ] {
+        let a = get(&gw.admin_url(&path), Some(&gw.admin_key)).await;
+        assert_eq!((a.status.as_u16(), a.code()), (status, code.into()));
+        assert_eq!(a.headers["cache-control"], "no-store", "{path}");
+        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+        assert!(
+            text.lines().any(|l| l.contains("admin request")
+                && l.contains(&format!("status={status}"))
+                && l.contains(&format!("error_code=\"{code}\""))),
+            "no admin log line with error_code {code}:\n{text}"
+        );
+    }
+    for path in [format!("/v1/tokens/{id}/stats"), "/metrics".to_string()] {
+        let a = get(&gw.admin_url(&path), Some(&gw.admin_key)).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.headers["cache-control"], "no-store", "{path}");
+    }
+    gw.stop().await;
+}

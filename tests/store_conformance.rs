@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use keygate::store::{BatchId, EmbeddedStore, Event, RedisStore, Store, has_active_admin};
+use keygate::store::{
+    BatchId, Bootstrapped, EmbeddedStore, Event, RedisStore, Store, has_active_admin,
+};
 use keygate::token::{Secret, Token, TokenId};
 
 fn token(permissions: &[&str]) -> Token {
@@ -38,7 +40,7 @@ async fn bootstrap_once_under_concurrency(store: &Store) {
     });
     let mut created = 0;
     for c in calls {
-        if c.await.unwrap() {
+        if c.await.unwrap() == Bootstrapped::Inserted {
             created += 1;
         }
     }
@@ -54,7 +56,31 @@ async fn bootstrap_once_under_concurrency(store: &Store) {
         1
     );
     assert!(has_active_admin(&all, Timestamp::now()));
-    assert!(!store.insert_bootstrap(&token(&["all"])).await.unwrap());
+    assert_eq!(
+        store.insert_bootstrap(&token(&["all"])).await.unwrap(),
+        Bootstrapped::AdminExists
+    );
+}
+
+/// Regression (review #12): the embedded bootstrap insert skipped `insert`'s id checks,
+/// so a colliding random id overwrote a live token or reused a retired id.
+async fn bootstrap_insert_never_reuses_a_live_or_retired_id(store: &Store) {
+    let live = token(&["agreements"]);
+    assert!(store.insert(&live).await.unwrap());
+    let mut admin = token(&["all"]);
+    admin.id = live.id;
+    assert_eq!(
+        store.insert_bootstrap(&admin).await.unwrap(),
+        Bootstrapped::IdTaken
+    );
+    assert_eq!(store.get(live.id).await.unwrap(), Some(live.clone()));
+    assert!(store.delete(live.id).await.unwrap());
+    assert_eq!(
+        store.insert_bootstrap(&admin).await.unwrap(),
+        Bootstrapped::IdTaken,
+        "a retired id"
+    );
+    assert_eq!(store.get(live.id).await.unwrap(), None);
 }
 
 async fn insert_get_list(store: &Store) {
@@ -124,6 +150,27 @@ async fn delete_retires_the_id(store: &Store) {
     let never = token(&["agreements"]);
     assert!(!store.delete(never.id).await.unwrap());
     assert!(!store.insert(&never).await.unwrap());
+}
+
+/// A delete that only happens if the stored version is still the one checked.
+async fn delete_if_version_is_compare_and_swap(store: &Store) {
+    let mut t = token(&["agreements"]);
+    assert!(store.insert(&t).await.unwrap());
+    assert!(!store.delete_if_version(t.id, 2).await.unwrap(), "newer");
+    t.version = 2;
+    assert!(store.replace(&t, 1).await.unwrap());
+    assert!(!store.delete_if_version(t.id, 1).await.unwrap(), "stale");
+    assert_eq!(store.get(t.id).await.unwrap(), Some(t.clone()));
+    assert!(store.delete_if_version(t.id, 2).await.unwrap());
+    assert_eq!(store.get(t.id).await.unwrap(), None);
+    assert!(!store.list().await.unwrap().iter().any(|x| x.id == t.id));
+    assert!(!store.delete_if_version(t.id, 2).await.unwrap(), "gone");
+    assert!(
+        !store.insert(&t).await.unwrap(),
+        "a deleted id is never reused"
+    );
+    let never = token(&["agreements"]);
+    assert!(!store.delete_if_version(never.id, 1).await.unwrap());
 }
 
 async fn counts_add_range_prune(store: &Store) {
@@ -292,10 +339,13 @@ async fn events_in_order(store: &Store) {
 /// The whole suite, on a fresh store.
 async fn conformance(store: Store) {
     store.ping().await.unwrap();
+    // Before any admin exists (afterwards the bootstrap insert stops at that check).
+    bootstrap_insert_never_reuses_a_live_or_retired_id(&store).await;
     bootstrap_once_under_concurrency(&store).await;
     insert_get_list(&store).await;
     replace_is_compare_and_swap(&store).await;
     delete_retires_the_id(&store).await;
+    delete_if_version_is_compare_and_swap(&store).await;
     counts_add_range_prune(&store).await;
     a_count_batch_counts_once(&store).await;
     last_used_keeps_the_latest(&store).await;

@@ -260,7 +260,7 @@ async fn process(
         let id = id.unwrap_or_default();
         let id = crate::token::TokenId::parse(id.as_bytes())
             .ok_or_else(|| ApiError::TokenNotFound(id.chars().take(64).collect()))?;
-        return Ok(stats::token_stats(shared, id, query.as_deref()).await);
+        return stats::token_stats(shared, id, query.as_deref()).await;
     }
     let body = read_body(req).await?;
     let ctx = Ctx {

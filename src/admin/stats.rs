@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
+use super::json_bytes;
 use crate::error::ApiError;
 use crate::gateway::Shared;
 use crate::metrics::Class;
@@ -15,20 +16,22 @@ pub const DEFAULT_DAYS: u32 = 30;
 
 /// `GET /v1/tokens/{id}/stats?days=N`: one entry per UTC day, oldest first, zeros
 /// included, then the totals — the store's counts plus those not yet flushed.
+/// Errors are returned, not answered, so the admin handler logs them with their
+/// `error_code` like every other admin error.
 pub async fn token_stats(
     shared: &Shared,
     id: TokenId,
     query: Option<&str>,
-) -> Response<Full<Bytes>> {
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let retention = shared.runtime.load().config.stats.retention_days;
-    let days = match parse_days(query, retention) {
-        Ok(d) => d,
-        Err(e) => return e.to_response(),
-    };
+    let days = parse_days(query, retention)?;
     match shared.store.get(id).await {
         Ok(Some(_)) => {}
-        Ok(None) => return ApiError::TokenNotFound(id.to_string()).to_response(),
-        Err(_) => return ApiError::StoreUnavailable.to_response(),
+        Ok(None) => return Err(ApiError::TokenNotFound(id.to_string())),
+        Err(e) => {
+            tracing::error!(token = %id, error = %e, "cannot read the token for its stats");
+            return Err(ApiError::StoreUnavailable);
+        }
     }
     let today = shared.stats.today();
     // `days` ≤ retention ≤ 3650, so this cannot overflow.
@@ -39,7 +42,10 @@ pub async fn token_stats(
         .await
     {
         Ok(c) => c,
-        Err(_) => return ApiError::StoreUnavailable.to_response(),
+        Err(e) => {
+            tracing::error!(token = %id, error = %e, "cannot read the token's day counts");
+            return Err(ApiError::StoreUnavailable);
+        }
     };
     let mut totals = [0u64; 4];
     let days: Vec<serde_json::Value> = (from..=today)
@@ -61,7 +67,7 @@ pub async fn token_stats(
         "days": days,
         "totals": classes(&totals),
     });
-    json_response(StatusCode::OK, Bytes::from(body.to_string()))
+    Ok(json_bytes(StatusCode::OK, Bytes::from(body.to_string())))
 }
 
 fn classes(c: &[u64; 4]) -> serde_json::Map<String, serde_json::Value> {
@@ -105,18 +111,9 @@ pub async fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     shared.metrics.set_store_up(up);
     let (body, content_type) = shared.metrics.render();
     let mut res = Response::new(Full::new(Bytes::from(body)));
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    res
-}
-
-fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(body));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 

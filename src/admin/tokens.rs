@@ -11,13 +11,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Ctx, Op, json_bytes};
-use crate::config::{PERMISSION_ALL, parse_duration};
+use crate::config::{ADMIN_MODULE, PERMISSION_ALL, parse_duration};
 use crate::error::ApiError;
 use crate::store::Event;
 use crate::token::{PreviousSecret, Secret, Status, Token, TokenId};
 use crate::tokens::{
     Expiry, NewToken, check_description, check_extension, check_external_id, check_name,
-    check_permissions,
+    check_permissions, renewed_expiry,
 };
 
 /// Default page size of `GET /v1/tokens`.
@@ -387,6 +387,12 @@ async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<B
     if let Some(p) = &permissions {
         check_permissions(p, config)?;
         may_grant(&ctx.caller.token, p)?;
+        // A token editing itself must keep its admin access (SPEC §4 forbids disabling
+        // or deleting oneself; dropping one's own admin permission locks out as well).
+        if id == ctx.caller.token.id && !p.iter().any(|x| x == ADMIN_MODULE || x == PERMISSION_ALL)
+        {
+            return Err(ApiError::SelfLockout("remove the admin permission from"));
+        }
     }
     let expires = match expiry(b.expires_at, b.expires_in)? {
         Some(e) => Some(e.resolve(ctx.now, e.field())?),
@@ -549,13 +555,7 @@ async fn renew(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<
             }
             let (at, validity) = match given {
                 Some(g) => g,
-                None => {
-                    let secs = t.validity_secs.ok_or(ApiError::NotRenewable)?;
-                    let at = now
-                        .checked_add(jiff::SignedDuration::from_secs(secs))
-                        .map_err(|_| ApiError::NotRenewable)?;
-                    (Some(at), Some(secs))
-                }
+                None => renewed_expiry(now, t.validity_secs)?,
             };
             t.expires_at = at;
             t.validity_secs = validity;
@@ -568,9 +568,9 @@ async fn renew(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<
 
 async fn delete(ctx: &Ctx<'_>, id: TokenId) -> Result<Response<Full<Bytes>>, ApiError> {
     not_self(ctx, id, "delete")?;
-    let target = ctx.tokens.get(id).await?;
-    may_change(&ctx.caller.token, &target)?;
-    ctx.tokens.delete(id).await?;
+    ctx.tokens
+        .delete_checked(id, |target| may_change(&ctx.caller.token, target))
+        .await?;
     audit(ctx, id, "deleted", Vec::new()).await;
     let mut res = json_bytes(StatusCode::NO_CONTENT, Bytes::new());
     res.headers_mut().remove(header::CONTENT_TYPE);

@@ -1,5 +1,21 @@
 //! In-process token cache (dashmap): read-through with single-flight on misses and a
-//! bounded negative cache, so random ids can neither grow memory nor hammer the store.
+//! bounded negative cache.
+//!
+//! What is bounded, per instance:
+//! - **memory**: entries exist only for tokens that exist; unknown ids are remembered in
+//!   the negative cache, at most [`NEGATIVE_CAPACITY`] for [`NEGATIVE_TTL`]; the
+//!   single-flight map holds one entry per id being looked up right now, removed when its
+//!   last waiter finishes or is cancelled.
+//! - **store reads for misses**: at most [`MAX_MISS_READS`] at a time. A miss that gets no
+//!   slot within [`MISS_READ_WAIT`] is answered `Unavailable` (503 `STORE_UNAVAILABLE`)
+//!   without asking the store and without marking it down.
+//!
+//! What is not bounded: the *rate* of store reads. Every distinct unknown id costs one
+//! read (the negative cache only absorbs an id repeated within [`NEGATIVE_TTL`]), so a
+//! flood of random ids keeps up to [`MAX_MISS_READS`] reads busy, and a legitimate token
+//! that is not cached competes with it for those slots (it may get 503 during such a
+//! flood). Cached tokens are never affected. With the embedded store the cache holds every
+//! token and a miss reads nothing.
 //!
 //! Entries are compact [`AuthEntry`]s (what a request decision needs, ~130 bytes),
 //! not whole tokens, so a million cached tokens stay well under 300 MB.
@@ -10,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use jiff::Timestamp;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::Store;
 use crate::config::{Config, PERMISSION_ALL};
@@ -21,6 +37,11 @@ use crate::token::{SecretHash, Token, TokenId};
 pub const NEGATIVE_CAPACITY: usize = 65_536;
 /// How long an unknown id is remembered.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// Store reads for cache misses in flight at once (beyond that, misses answer 503).
+pub const MAX_MISS_READS: usize = 128;
+/// How long a miss waits for one of the [`MAX_MISS_READS`] slots.
+pub const MISS_READ_WAIT: Duration = Duration::from_millis(100);
 
 /// The modules a token may use, as a bitset over the configured module indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,6 +157,25 @@ pub enum Lookup {
 /// older than that moment is refused instead.
 pub const INVALIDATED_CAPACITY: usize = 65_536;
 
+/// One waiter's share of a single-flight read. Dropping the last one removes the map
+/// entry, whether the read finished or every waiter was cancelled.
+struct Inflight<'a> {
+    map: &'a DashMap<u32, Arc<OnceCell<Lookup>>>,
+    key: u32,
+    cell: Arc<OnceCell<Lookup>>,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        // Every waiter holds one clone (in its guard) besides the map's, and clones are
+        // only taken under the shard lock `remove_if` holds: a count of 2 means no other
+        // waiter is left. `ptr_eq`: never remove a newer cell for the same id.
+        self.map.remove_if(&self.key, |_, c| {
+            Arc::ptr_eq(c, &self.cell) && Arc::strong_count(c) <= 2
+        });
+    }
+}
+
 /// The token cache.
 pub struct TokenCache {
     entries: DashMap<u32, Arc<AuthEntry>>,
@@ -151,6 +191,8 @@ pub struct TokenCache {
     complete: bool,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Slots for store reads of misses.
+    reads: Semaphore,
 }
 
 impl TokenCache {
@@ -166,6 +208,7 @@ impl TokenCache {
             complete,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            reads: Semaphore::new(MAX_MISS_READS),
         }
     }
 
@@ -185,6 +228,11 @@ impl TokenCache {
             self.hits.load(Ordering::Relaxed),
             self.misses.load(Ordering::Relaxed),
         )
+    }
+
+    /// Ids with a store read (or waiters for one) in flight.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
     }
 
     /// The cached entry, without asking the store.
@@ -221,17 +269,28 @@ impl TokenCache {
             }
             self.negative.remove(&key);
         }
-        let cell = Arc::clone(
-            self.inflight
-                .entry(key)
-                .or_insert_with(|| Arc::new(OnceCell::new()))
-                .value(),
-        );
-        let result = cell
+        // The guard holds this waiter's only clone of the cell and removes the map
+        // entry when the lookup ends, finished or cancelled (a client that hangs up
+        // drops this future mid-read).
+        let inflight = Inflight {
+            map: &self.inflight,
+            key,
+            cell: Arc::clone(
+                self.inflight
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(OnceCell::new()))
+                    .value(),
+            ),
+        };
+        let result = inflight
+            .cell
             .get_or_init(|| async {
                 if !store.accepts_reads() {
                     return Lookup::Unavailable;
                 }
+                let Some(_slot) = self.read_slot().await else {
+                    return Lookup::Unavailable;
+                };
                 let started = self.read_started();
                 match store.get(id).await {
                     Ok(Some(token)) => {
@@ -249,16 +308,35 @@ impl TokenCache {
             })
             .await
             .clone();
-        self.inflight.remove(&key);
+        drop(inflight);
         match result {
             // A request of another generation filled the shared read: build ours.
-            Lookup::Found(e) if e.generation != config.generation => match store.get(id).await {
-                Ok(Some(token)) => Lookup::Found(Arc::new(AuthEntry::new(&token, config))),
-                Ok(None) => Lookup::Unknown,
-                Err(_) => Lookup::Unavailable,
-            },
+            Lookup::Found(e) if e.generation != config.generation => {
+                let Some(_slot) = self.read_slot().await else {
+                    return Lookup::Unavailable;
+                };
+                match store.get(id).await {
+                    Ok(Some(token)) => Lookup::Found(Arc::new(AuthEntry::new(&token, config))),
+                    Ok(None) => Lookup::Unknown,
+                    Err(_) => Lookup::Unavailable,
+                }
+            }
             other => other,
         }
+    }
+
+    /// One of the [`MAX_MISS_READS`] slots, or `None` when none frees up within
+    /// [`MISS_READ_WAIT`].
+    async fn read_slot(&self) -> Option<SemaphorePermit<'_>> {
+        match tokio::time::timeout(MISS_READ_WAIT, self.reads.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => None,
+        }
+    }
+
+    /// Store reads of misses under way now.
+    pub fn miss_reads_in_flight(&self) -> usize {
+        MAX_MISS_READS - self.reads.available_permits()
     }
 
     fn remember_unknown(&self, key: u32) {
@@ -268,8 +346,9 @@ impl TokenCache {
         self.negative.insert(key, Instant::now());
     }
 
-    /// Caches (or refreshes) `token` as written by this process; an entry with a
-    /// newer version is kept.
+    /// Caches `token` just written by this process under a fresh id (create,
+    /// bootstrap); an entry with a newer version is kept. Not for edits: those use
+    /// [`TokenCache::fill_token`] so a concurrent delete is never undone.
     pub fn put(&self, token: &Token, config: &Config) {
         self.negative.remove(&token.id.number());
         self.insert_newest(Arc::new(AuthEntry::new(token, config)));

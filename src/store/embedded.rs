@@ -4,7 +4,10 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{BATCH_ID_TTL, BatchId, ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use super::{
+    BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, StoreError, StoreResult,
+    has_active_admin,
+};
 use crate::token::{Token, TokenId};
 
 /// id → token JSON.
@@ -151,8 +154,32 @@ impl EmbeddedStore {
         Ok(existed)
     }
 
-    /// Inserts the bootstrap token unless an active admin exists; one transaction.
-    pub fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+    /// Deletes a token and retires its id if its version is still `expected_version`;
+    /// one transaction.
+    pub fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
+            let current = match table.get(id.number()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(false),
+            };
+            if current.version != expected_version {
+                return Ok(false);
+            }
+            table.remove(id.number()).map_err(unavailable)?;
+            let mut retired = txn.open_table(RETIRED).map_err(unavailable)?;
+            retired.insert(id.number(), ()).map_err(unavailable)?;
+            let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
+            last_used.remove(id.number()).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// Inserts the bootstrap token unless an active admin exists, with the id checks of
+    /// [`EmbeddedStore::insert`]; one transaction.
+    pub fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
         let bytes = encode(token)?;
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
@@ -163,14 +190,23 @@ impl EmbeddedStore {
                 existing.push(decode(v.value())?);
             }
             if has_active_admin(&existing, token.created_at) {
-                return Ok(false);
+                return Ok(Bootstrapped::AdminExists);
+            }
+            let retired = txn.open_table(RETIRED).map_err(unavailable)?;
+            if retired
+                .get(token.id.number())
+                .map_err(unavailable)?
+                .is_some()
+                || table.get(token.id.number()).map_err(unavailable)?.is_some()
+            {
+                return Ok(Bootstrapped::IdTaken);
             }
             table
                 .insert(token.id.number(), bytes.as_slice())
                 .map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
-        Ok(true)
+        Ok(Bootstrapped::Inserted)
     }
 }
 

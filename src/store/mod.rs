@@ -132,15 +132,39 @@ impl Store {
         }
     }
 
+    /// Deletes a token (retiring its id) only if its stored version is still
+    /// `expected_version`, so a check made on that version holds for the delete;
+    /// `false` if it changed or vanished meanwhile.
+    pub async fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+        match self {
+            Store::Embedded(s) => {
+                blocking(s, move |s| s.delete_if_version(id, expected_version)).await
+            }
+            Store::Redis(s) => s.delete_if_version(id, expected_version).await,
+        }
+    }
+
     /// Atomically inserts `token` unless an active token with the admin permission
-    /// exists at `now`; `true` if it was inserted.
-    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+    /// exists at its `created_at`. Like [`Store::insert`], never over a live token's id
+    /// or a retired one ([`Bootstrapped::IdTaken`]: try again with another id).
+    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
         let token = token.clone();
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.insert_bootstrap(&token)).await,
             Store::Redis(s) => s.insert_bootstrap(&token).await,
         }
     }
+}
+
+/// What [`Store::insert_bootstrap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrapped {
+    /// The token was inserted.
+    Inserted,
+    /// An active admin token exists; nothing was inserted.
+    AdminExists,
+    /// The token's id is taken or was used before; nothing was inserted.
+    IdTaken,
 }
 
 /// Runs a blocking store call off the async workers.

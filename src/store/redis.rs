@@ -21,11 +21,13 @@
 //! marker, so a batch sent again (its answer lost to a deadline or a dropped
 //! connection after Redis applied it) is not counted twice.
 //!
-//! Every call has a deadline ([`OP_TIMEOUT`]); a failure marks the store down until the
-//! next success, so cache misses answer 503 at once instead of queueing on a dead Redis.
+//! Every call has a deadline ([`OP_TIMEOUT`]). The store is marked down (cache misses
+//! then answer 503 at once instead of queueing on a dead Redis) when a PING fails (the
+//! health check sends one every 500 ms) or after [`FAILURES_BEFORE_DOWN`] calls in a row
+//! failed; one slow or failed token read alone does not. Any success marks it up.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -33,11 +35,16 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
 
-use super::{BATCH_ID_TTL, BatchId, ClassCounts, Event, StoreError, StoreResult, has_active_admin};
+use super::{
+    BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, StoreError, StoreResult,
+    has_active_admin,
+};
 use crate::token::{Token, TokenId};
 
 /// Deadline of one store operation (connection set-up, command, answer).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Failed calls in a row (with no success between) that mark the store down.
+pub const FAILURES_BEFORE_DOWN: u32 = 3;
 /// Deadline of establishing a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long an instance may hold the bootstrap lock.
@@ -70,6 +77,16 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'r', '1')
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return existed";
+
+/// Delete and retire if the version is still the expected one. KEYS: token. ARGV:
+/// expected version, channel, id.
+const DELETE_IF_VERSION: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if (not v) or v ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'r', '1')
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1";
 
 /// Keep the later last-use time of a live token. KEYS: token. ARGV: Unix seconds.
 const LAST_USED: &str = r"
@@ -145,6 +162,8 @@ impl ConnectionLike for Conn {
 struct Health {
     started: Instant,
     up: AtomicBool,
+    /// Calls failed since the last success.
+    failures: AtomicU32,
     /// Milliseconds since `started` of the last successful call.
     last_ok_ms: AtomicU64,
 }
@@ -171,6 +190,7 @@ struct Scripts {
     insert: Script,
     replace: Script,
     delete: Script,
+    delete_if_version: Script,
     last_used: Script,
     add_counts: Script,
     prune: Script,
@@ -263,12 +283,14 @@ impl RedisStore {
             health: Health {
                 started: Instant::now(),
                 up: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
                 last_ok_ms: AtomicU64::new(0),
             },
             scripts: Scripts {
                 insert: Script::new(INSERT),
                 replace: Script::new(REPLACE),
                 delete: Script::new(DELETE),
+                delete_if_version: Script::new(DELETE_IF_VERSION),
                 last_used: Script::new(LAST_USED),
                 add_counts: Script::new(ADD_COUNTS),
                 prune: Script::new(PRUNE),
@@ -321,11 +343,11 @@ impl RedisStore {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.mark_down();
+                self.mark_failed();
                 Err(unavailable(format!("redis: {e}")))
             }
             Err(_) => {
-                self.mark_down();
+                self.mark_failed();
                 Err(unavailable("redis: no answer within the deadline"))
             }
         }
@@ -345,11 +367,21 @@ impl RedisStore {
     }
 
     fn mark_ok(&self) {
+        self.health.failures.store(0, Ordering::Relaxed);
         self.health
             .last_ok_ms
             .store(self.health.now_ms(), Ordering::Relaxed);
         if !self.health.up.swap(true, Ordering::Relaxed) {
             tracing::info!("redis store reachable again");
+        }
+    }
+
+    /// One failed call: down only after [`FAILURES_BEFORE_DOWN`] in a row, so one slow
+    /// read (say, of an id an attacker made up) does not refuse every uncached token.
+    fn mark_failed(&self) {
+        let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= FAILURES_BEFORE_DOWN {
+            self.mark_down();
         }
     }
 
@@ -359,7 +391,8 @@ impl RedisStore {
         }
     }
 
-    /// Whether the last call succeeded.
+    /// Whether Redis is taken to be reachable: no failed PING and fewer than
+    /// [`FAILURES_BEFORE_DOWN`] failed calls since the last success.
     pub fn is_up(&self) -> bool {
         self.health.up.load(Ordering::Relaxed)
     }
@@ -371,9 +404,13 @@ impl RedisStore {
         Duration::from_millis(now.saturating_sub(last))
     }
 
-    /// PING.
+    /// PING; a failure marks the store down at once (the health check decides).
     pub async fn ping(&self) -> StoreResult<()> {
-        self.query(&redis::cmd("PING")).await
+        let answer = self.query(&redis::cmd("PING")).await;
+        if answer.is_err() {
+            self.mark_down();
+        }
+        answer
     }
 
     /// One token.
@@ -461,9 +498,28 @@ impl RedisStore {
         Ok(existed == 1)
     }
 
+    /// Deletes a token and retires its id if its version is still `expected_version`;
+    /// announces it.
+    pub async fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+        let mut inv = self.scripts.delete_if_version.prepare_invoke();
+        inv.key(self.token_key(id))
+            .arg(expected_version)
+            .arg(&self.channel)
+            .arg(id.to_string());
+        let deleted: i64 = self.script(inv).await?;
+        if deleted == 1
+            && let Err(e) = self
+                .query::<()>(redis::cmd("SREM").arg(self.ids_key()).arg(id.number()))
+                .await
+        {
+            tracing::warn!(token = %id, error = %e, "deleted token left in the id index");
+        }
+        Ok(deleted == 1)
+    }
+
     /// Inserts `token` unless an active admin token exists. Instances serialise on a
     /// lock key with a TTL, so when several start together only one creates a token.
-    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<bool> {
+    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
         let lock = format!("{}bootstrap-lock", self.prefix);
         let mut holder = [0u8; 16];
         getrandom::fill(&mut holder).map_err(unavailable)?;
@@ -493,13 +549,13 @@ impl RedisStore {
         let result = async {
             let all = self.list().await?;
             if has_active_admin(&all, token.created_at) {
-                return Ok(false);
+                return Ok(Bootstrapped::AdminExists);
             }
-            if self.insert(token).await? {
-                Ok(true)
+            Ok(if self.insert(token).await? {
+                Bootstrapped::Inserted
             } else {
-                Err(unavailable("bootstrap token id already taken; start again"))
-            }
+                Bootstrapped::IdTaken
+            })
         }
         .await;
         let mut inv = self.scripts.unlock.prepare_invoke();

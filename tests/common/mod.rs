@@ -40,6 +40,9 @@ pub struct Seen {
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests that have arrived, counted before any `sleep_ms` (`seen` records a
+    /// request only once it is answered).
+    pub arrived: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -47,6 +50,10 @@ impl TestUpstream {
     /// Requests seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+    /// How many requests have arrived so far, answered or not.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
     /// How many requests arrived.
     pub fn count(&self) -> usize {
@@ -79,7 +86,12 @@ fn query_param<'a>(q: &'a str, name: &str) -> Option<&'a str> {
 
 type UpBody = BoxBody<Bytes, hyper::Error>;
 
-async fn upstream_handle(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<UpBody> {
+async fn upstream_handle(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+    req: Request<Incoming>,
+) -> Response<UpBody> {
+    arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let q = req.uri().query().unwrap_or("").to_string();
     let target = req
         .uri()
@@ -167,6 +179,8 @@ pub async fn spawn_upstream() -> TestUpstream {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (stop, mut stop_rx) = oneshot::channel::<()>();
     let seen2 = Arc::clone(&seen);
+    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let arrived2 = Arc::clone(&arrived);
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -174,10 +188,11 @@ pub async fn spawn_upstream() -> TestUpstream {
                 _ = &mut stop_rx => break,
             };
             let seen = Arc::clone(&seen2);
+            let arrived = Arc::clone(&arrived2);
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let seen = Arc::clone(&seen);
-                    async move { Ok::<_, Infallible>(upstream_handle(seen, req).await) }
+                    let (seen, arrived) = (Arc::clone(&seen), Arc::clone(&arrived));
+                    async move { Ok::<_, Infallible>(upstream_handle(seen, arrived, req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -188,6 +203,7 @@ pub async fn spawn_upstream() -> TestUpstream {
     TestUpstream {
         addr,
         seen,
+        arrived,
         stop: Some(stop),
     }
 }
@@ -574,6 +590,23 @@ pub async fn redis_raw(port: u16, command: &str) -> Option<String> {
         .ok()?
         .ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Waits until the server on `port` stops answering (a `DEBUG SLEEP` sent on another
+/// connection is under way); false if it still answers after 5 s.
+pub async fn redis_asleep(port: u16) -> bool {
+    eventually(Duration::from_secs(5), async || {
+        let ping = async {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            s.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 64];
+            s.read(&mut buf).await.ok()
+        };
+        tokio::time::timeout(Duration::from_millis(200), ping)
+            .await
+            .is_err()
+    })
+    .await
 }
 
 async fn wait_redis_ready(port: u16) {
