@@ -2,6 +2,7 @@
 # Load test: keygate vs nginx doing the same job in front of the same upstream.
 #
 #   scripts/loadtest.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds of 10 s each)
+#   TOKENS=N (default 10000), PER_TOKEN=false (metrics.per_token = false)
 #
 # Starts, on 127.0.0.1 only: a small upstream (nginx answering 200 "ok"), keygate
 # (release build, proxy.workers = 1, embedded store, 10,000 tokens) and nginx as an
@@ -15,6 +16,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${2:-10}
 TOKENS=${TOKENS:-10000}
+# PER_TOKEN=false runs keygate with `metrics.per_token = false` (issue 5's comparison).
+PER_TOKEN=${PER_TOKEN:-true}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
@@ -70,6 +73,8 @@ listen = "127.0.0.1:$KGA"
 bootstrap_key_file = "$WORK/admin.key"
 [store]
 path = "$WORK/keygate.redb"
+[metrics]
+per_token = $PER_TOKEN
 [[modules]]
 name = "agreements"
 prefixes = ["/public/v1/agreements"]
