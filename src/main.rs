@@ -104,10 +104,17 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     let _log_guard = init_logging(format);
     let config = load(path)?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.proxy.workers {
-        rt.worker_threads(n);
-    }
+    // One worker: a current-thread runtime serves everything on this thread, without
+    // the work-stealing scheduler's cross-thread wake-ups (the load test's setting).
+    let mut rt = match config.proxy.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = rt
         .enable_all()
         .build()

@@ -33,7 +33,7 @@ impl Drop for Proc {
 fn write_config(dir: &Path, upstream: &str, proxy: u16, admin: u16) -> std::path::PathBuf {
     let path = dir.join("keygate.toml");
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nbootstrap_key_file = {:?}\n[store]\npath = {:?}\n{}",
+        "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nbootstrap_key_file = {:?}\n[store]\npath = {:?}\n{}",
         dir.join("admin.key").display().to_string(),
         dir.join("kg.redb").display().to_string(),
         module_toml("agreements", &["/public/v1/agreements"], upstream, "")
