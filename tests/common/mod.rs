@@ -609,22 +609,53 @@ pub async fn redis_asleep(port: u16) -> bool {
     .await
 }
 
-async fn wait_redis_ready(port: u16) {
-    let ok = eventually(Duration::from_secs(10), async || {
+async fn redis_ready(port: u16) -> bool {
+    eventually(Duration::from_secs(10), async || {
         redis_raw(port, "PING")
             .await
             .is_some_and(|a| a.starts_with("+PONG"))
     })
-    .await;
-    assert!(ok, "redis-server on port {port} did not start");
+    .await
 }
 
-/// Starts a standalone `redis-server` on a free port.
+/// Whether *our* child answers on `port` (not another test's server that took it).
+async fn redis_child_ready(port: u16, child: &mut std::process::Child) -> bool {
+    let want = format!("process_id:{}\r", child.id());
+    eventually(Duration::from_secs(10), async || {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true; // exited (port taken); the caller sees it below
+        }
+        redis_raw(port, "INFO server")
+            .await
+            .is_some_and(|a| a.contains(&want))
+    })
+    .await
+        && matches!(child.try_wait(), Ok(None))
+}
+
+async fn wait_redis_ready(port: u16) {
+    assert!(
+        redis_ready(port).await,
+        "redis-server on port {port} did not start"
+    );
+}
+
+/// Starts a standalone `redis-server` on a free port. The port is picked by binding
+/// port 0 and releasing it, so another test may take it first: then retry on another.
 pub async fn spawn_redis() -> TestRedis {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(false);
-    let child = start_redis_process(port, dir.path(), false);
-    wait_redis_ready(port).await;
+    let mut attempt = 0;
+    let (port, child) = loop {
+        attempt += 1;
+        let port = free_port(false);
+        let mut child = start_redis_process(port, dir.path(), false);
+        if redis_child_ready(port, &mut child).await {
+            break (port, child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(attempt < 4, "redis-server did not start on 3 free ports");
+    };
     TestRedis {
         url: format!("redis://127.0.0.1:{port}"),
         ports: vec![port],
