@@ -503,33 +503,63 @@ mod tests {
     use super::*;
     use crate::store::EmbeddedStore;
 
+    /// An embedded store with one module `a` and one token permitted for it.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        embedded: Arc<EmbeddedStore>,
+        config: Config,
+        cache: Arc<TokenCache>,
+        tokens: Tokens,
+        token: Token,
+    }
+
+    impl Fixture {
+        async fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let embedded = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+            let config = Config::parse(
+                "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
+                Path::new("t.toml"),
+                |_| None,
+            )
+            .unwrap();
+            let cache = Arc::new(TokenCache::new(true));
+            let tokens = Tokens::new(Store::Embedded(Arc::clone(&embedded)), Arc::clone(&cache));
+            let new = NewToken {
+                name: "t".into(),
+                description: String::new(),
+                external_id: None,
+                extension: None,
+                permissions: vec!["a".into()],
+                expiry: Expiry::Perpetual,
+            };
+            let (token, _) = tokens
+                .create(new, None, &config, Timestamp::now())
+                .await
+                .unwrap();
+            Fixture {
+                _dir: dir,
+                embedded,
+                config,
+                cache,
+                tokens,
+                token,
+            }
+        }
+    }
+
     /// Regression (review #5): delete checked the escalation rule on one read and then
     /// deleted whatever was stored, so a token widened in between (by an `all` admin)
     /// was deleted by a caller that no longer holds all its permissions.
     #[tokio::test]
     async fn delete_check_is_atomic_with_the_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let embedded = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
-        let config = Config::parse(
-            "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
-            Path::new("t.toml"),
-            |_| None,
-        )
-        .unwrap();
-        let cache = Arc::new(TokenCache::new(true));
-        let mut tokens = Tokens::new(Store::Embedded(Arc::clone(&embedded)), Arc::clone(&cache));
-        let new = NewToken {
-            name: "t".into(),
-            description: String::new(),
-            external_id: None,
-            extension: None,
-            permissions: vec!["a".into()],
-            expiry: Expiry::Perpetual,
-        };
-        let (token, _) = tokens
-            .create(new, None, &config, Timestamp::now())
-            .await
-            .unwrap();
+        let Fixture {
+            _dir,
+            embedded,
+            mut tokens,
+            token,
+            ..
+        } = Fixture::new().await;
         // Another admin widens the token to `all` right after the first check passed.
         let (store, once) = (Arc::clone(&embedded), Arc::new(std::sync::Once::new()));
         tokens.before_delete = Some(Arc::new(move |id| {
@@ -557,28 +587,14 @@ mod tests {
     /// deleted token kept authenticating.
     #[tokio::test]
     async fn modify_racing_a_delete_does_not_resurrect_the_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let embedded = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
-        let config = Config::parse(
-            "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://127.0.0.1:1\"\n",
-            Path::new("t.toml"),
-            |_| None,
-        )
-        .unwrap();
-        let cache = Arc::new(TokenCache::new(true));
-        let mut tokens = Tokens::new(Store::Embedded(Arc::clone(&embedded)), Arc::clone(&cache));
-        let new = NewToken {
-            name: "t".into(),
-            description: String::new(),
-            external_id: None,
-            extension: None,
-            permissions: vec!["a".into()],
-            expiry: Expiry::Perpetual,
-        };
-        let (token, _) = tokens
-            .create(new, None, &config, Timestamp::now())
-            .await
-            .unwrap();
+        let Fixture {
+            _dir,
+            embedded,
+            config,
+            cache,
+            mut tokens,
+            token,
+        } = Fixture::new().await;
         assert!(cache.get(token.id).is_some());
         // The delete of another admin request, committed and uncached while this edit
         // sits between its own store write and its cache update.
