@@ -44,24 +44,9 @@ fn config() -> Config {
 }
 
 fn token(id: u32, secret: &Secret, perms: &[&str]) -> Token {
-    let now = Timestamp::now();
     Token {
         id: TokenId::new(id).expect("id"),
-        name: "bench".into(),
-        description: String::new(),
-        external_id: None,
-        extension: "custom".into(),
-        permissions: perms.iter().map(|s| s.to_string()).collect(),
-        disabled: false,
-        expires_at: None,
-        validity_secs: None,
-        created_at: now,
-        updated_at: now,
-        created_by: None,
-        last_used_at: None,
-        secret_hash: secret.hash(),
-        previous_secret: None,
-        version: 1,
+        ..Token::new("bench", perms, secret.hash(), Timestamp::now())
     }
 }
 

@@ -38,22 +38,16 @@ fn main() {
     let cache = TokenCache::new(true);
     let now = Timestamp::now();
     let mut template = Token {
-        id: TokenId::new(0).expect("id"),
-        name: "a token with a realistic name".into(),
         description: "and a description that the cache does not keep".into(),
-        external_id: None,
         extension: "zapier".into(),
-        permissions: vec!["agreements".into(), "subscriptions".into()],
-        disabled: false,
         expires_at: Some(now),
         validity_secs: Some(86_400),
-        created_at: now,
-        updated_at: now,
-        created_by: None,
-        last_used_at: None,
-        secret_hash: SecretHash([7; 32]),
-        previous_secret: None,
-        version: 1,
+        ..Token::new(
+            "a token with a realistic name",
+            &["agreements", "subscriptions"],
+            SecretHash([7; 32]),
+            now,
+        )
     };
     let before = rss();
     for i in 0..n {

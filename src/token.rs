@@ -250,6 +250,29 @@ pub struct Token {
 }
 
 impl Token {
+    /// A fresh active record: random id, `custom` extension, perpetual, version 1,
+    /// created by nobody; callers override what differs with struct update syntax.
+    pub fn new(name: &str, permissions: &[&str], secret_hash: SecretHash, now: Timestamp) -> Token {
+        Token {
+            id: TokenId::random(),
+            name: name.into(),
+            description: String::new(),
+            external_id: None,
+            extension: "custom".into(),
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            disabled: false,
+            expires_at: None,
+            validity_secs: None,
+            created_at: now,
+            updated_at: now,
+            created_by: None,
+            last_used_at: None,
+            secret_hash,
+            previous_secret: None,
+            version: 1,
+        }
+    }
+
     /// Status at `now`.
     pub fn status(&self, now: Timestamp) -> Status {
         if self.disabled {
@@ -390,24 +413,7 @@ mod tests {
     #[test]
     fn status_is_derived() {
         let now = Timestamp::now();
-        let mut t = Token {
-            id: TokenId::random(),
-            name: "n".into(),
-            description: String::new(),
-            external_id: None,
-            extension: "custom".into(),
-            permissions: vec!["all".into()],
-            disabled: false,
-            expires_at: None,
-            validity_secs: None,
-            created_at: now,
-            updated_at: now,
-            created_by: None,
-            last_used_at: None,
-            secret_hash: Secret::generate().hash(),
-            previous_secret: None,
-            version: 1,
-        };
+        let mut t = Token::new("n", &["all"], Secret::generate().hash(), now);
         assert_eq!(t.status(now), Status::Active);
         t.expires_at = Some(now);
         assert_eq!(t.status(now), Status::Expired);

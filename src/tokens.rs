@@ -263,22 +263,14 @@ impl Tokens {
         let (expires_at, validity_secs) = new.expiry.resolve(now, new.expiry.field())?;
         let secret = Secret::generate();
         let mut token = Token {
-            id: TokenId::random(),
-            name: new.name,
             description: new.description,
             external_id: new.external_id,
             extension,
-            permissions: new.permissions,
-            disabled: false,
             expires_at,
             validity_secs,
-            created_at: now,
-            updated_at: now,
             created_by,
-            last_used_at: None,
-            secret_hash: secret.hash(),
-            previous_secret: None,
-            version: 1,
+            permissions: new.permissions,
+            ..Token::new(&new.name, &[], secret.hash(), now)
         };
         for _ in 0..ID_ATTEMPTS {
             if self.store.insert(&token).await.map_err(store_error)? {
@@ -419,22 +411,8 @@ impl Tokens {
     ) -> Result<Option<TokenId>, String> {
         let secret = Secret::generate();
         let mut token = Token {
-            id: TokenId::random(),
-            name: "bootstrap admin".into(),
             description: "Created at first start; rotate or replace it.".into(),
-            external_id: None,
-            extension: "custom".into(),
-            permissions: vec![PERMISSION_ALL.into()],
-            disabled: false,
-            expires_at: None,
-            validity_secs: None,
-            created_at: now,
-            updated_at: now,
-            created_by: None,
-            last_used_at: None,
-            secret_hash: secret.hash(),
-            previous_secret: None,
-            version: 1,
+            ..Token::new("bootstrap admin", &[PERMISSION_ALL], secret.hash(), now)
         };
         let mut attempts = 0;
         loop {

@@ -14,22 +14,8 @@ use keygate::token::{Secret, Token, TokenId};
 fn token(permissions: &[&str]) -> Token {
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
     Token {
-        id: TokenId::random(),
-        name: "conformance".into(),
-        description: String::new(),
         external_id: Some("ext-1".into()),
-        extension: "custom".into(),
-        permissions: permissions.iter().map(|s| s.to_string()).collect(),
-        disabled: false,
-        expires_at: None,
-        validity_secs: None,
-        created_at: now,
-        updated_at: now,
-        created_by: None,
-        last_used_at: None,
-        secret_hash: Secret::generate().hash(),
-        previous_secret: None,
-        version: 1,
+        ..Token::new("conformance", permissions, Secret::generate().hash(), now)
     }
 }
 

@@ -460,24 +460,15 @@ mod tests {
     }
 
     fn token(version: u64) -> Token {
-        let now = Timestamp::now();
         Token {
             id: TokenId::new(42).expect("id"),
-            name: "t".into(),
-            description: String::new(),
-            external_id: None,
-            extension: "custom".into(),
-            permissions: vec!["agreements".into()],
-            disabled: false,
-            expires_at: None,
-            validity_secs: None,
-            created_at: now,
-            updated_at: now,
-            created_by: None,
-            last_used_at: None,
-            secret_hash: Secret::generate().hash(),
-            previous_secret: None,
             version,
+            ..Token::new(
+                "t",
+                &["agreements"],
+                Secret::generate().hash(),
+                Timestamp::now(),
+            )
         }
     }
 
