@@ -135,28 +135,36 @@ pub async fn handle(
         .module
         .and_then(|i| rt.config.modules.get(i))
         .map_or("none", |m| m.name.as_str());
-    let token = rec.token.map(|t| t.to_string());
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
     count(&shared, &rt, &rec, status, error.as_ref(), elapsed);
+    // Fields are formatted only when the line is enabled (nothing is built at `warn`).
+    let token = OrDash(rec.token);
     let latency_us = elapsed.as_micros() as u64;
     let path = rec.path.as_deref().unwrap_or("-");
     let request_id = request_id.to_str().unwrap_or("-");
-    match error.as_ref().map(|e| (e, e.parts().2)) {
-        Some((e, Source::Upstream | Source::Internal)) => tracing::warn!(
-            request_id, token = token.as_deref().unwrap_or("-"), module, method = %method, path,
-            status, latency_us, error_code = e.code(), "request"
-        ),
-        Some((e, Source::Client)) => tracing::info!(
-            request_id, token = token.as_deref().unwrap_or("-"), module, method = %method, path,
-            status, latency_us, error_code = e.code(), "request"
-        ),
-        None => tracing::info!(
-            request_id, token = token.as_deref().unwrap_or("-"), module, method = %method, path,
-            status, latency_us, "request"
-        ),
+    let error_code = error.as_ref().map(ApiError::code);
+    if error
+        .as_ref()
+        .is_some_and(|e| e.parts().2 != Source::Client)
+    {
+        tracing::warn!(request_id, token = %token, module, method = %method, path, status, latency_us, error_code, "request");
+    } else {
+        tracing::info!(request_id, token = %token, module, method = %method, path, status, latency_us, error_code, "request");
     }
     res
+}
+
+/// A token id for a log line, `-` when there is none.
+struct OrDash(Option<TokenId>);
+
+impl std::fmt::Display for OrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => std::fmt::Display::fmt(&id, f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// Counts the response: token statistics (SPEC §3: only requests that presented a
