@@ -2,6 +2,7 @@
 //! `--json` prints the API's body unchanged; exit code 0, or non-zero with the server's
 //! error text on stderr.
 
+use keygate::error::error_chain;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -472,17 +473,6 @@ impl Api {
         }
         Ok(Answer { headers, body })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `<STATUS> <error_code>: <errors>` from the JSON error body.

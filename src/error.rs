@@ -191,6 +191,19 @@ impl ApiError {
     }
 }
 
+/// An error and all its sources on one line (`outer: inner: root`), for log lines and
+/// CLI messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Config, Module};
-use crate::error::{ApiError, UpstreamFailure};
+use crate::error::{ApiError, UpstreamFailure, error_chain};
 use crate::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_KEYGATE_EXTENSION,
     X_KEYGATE_EXTERNAL_ID, X_KEYGATE_MODULE, X_KEYGATE_TOKEN_ID, X_REQUEST_ID,
@@ -306,17 +306,6 @@ fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
         };
     }
     None
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The request body was over the module's limit.
