@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Load test: keygate vs nginx doing the same job in front of the same upstream.
+# Load test: keygate vs a bare hyper proxy vs nginx doing the same job in front of the
+# same upstream (issue 13).
 #
 #   scripts/loadtest.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds of 10 s each)
-#   TOKENS=N (default 10000), PER_TOKEN=false (metrics.per_token = false)
+#   TOKENS=N (default 10000), PER_TOKEN=false (metrics.per_token = false),
+#   WORKERS=N (default 1): keygate `proxy.workers`, bare proxy threads and nginx
+#   `worker_processes`. With WORKERS=1 on a machine with 2+ CPUs the three proxies run
+#   pinned to CPU 0 and the upstream and wrk to CPU 1; with more workers nothing is
+#   pinned (wrk and the upstream then compete with the proxy for the cores).
+#   KEYGATE_BIN=PATH: a keygate binary to measure instead of building this tree's
+#   (comparing builds); SKIP_BUILD=1 uses target/release as it is.
+#   CALLGRIND=N: instead of wrk rounds, run each proxy under valgrind's callgrind for N
+#   requests after a warm-up and print user-space instructions per request (noise-free;
+#   the profiles stay in $KEEP, default /tmp/keygate-callgrind, for callgrind_annotate).
 #
 # Starts, on 127.0.0.1 only: a small upstream (nginx answering 200 "ok"), keygate
-# (release build, proxy.workers = 1, embedded store, 10,000 tokens) and nginx as an
-# authenticating gateway (worker_processes 1; a `map` of the same 10,000 keys on the
-# Authorization header, 401 for unknown keys, 403 for a module the keys lack). wrk
-# (1 thread, 64 keep-alive connections, keys rotated by a Lua script) runs against each
-# in alternating rounds; each round prints requests/s, p50 and p99 of both and the
-# keygate/nginx ratio. Every process started here is stopped by PID on exit.
+# (release build, embedded store, 10,000 tokens), the bare hyper proxy
+# (examples/bare_proxy.rs: the same key check with nothing else, the ceiling) and nginx
+# as an authenticating gateway (a `map` of the same 10,000 keys on the Authorization
+# header, 401 for unknown keys, 403 for a module the keys lack). wrk (1 thread, 64
+# keep-alive connections, keys rotated by a Lua script) runs against each in interleaved
+# rounds; each round prints req/s, p50, p99, the proxy's CPU use (user+system, from
+# /proc) and req/s per core (req/s / CPU cores used) of all three, then the median
+# ratios. Every process started here is stopped by PID on exit; missing tools (wrk,
+# nginx, curl, valgrind for CALLGRIND) are installed with apt-get when possible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -18,19 +31,32 @@ SECS=${2:-10}
 TOKENS=${TOKENS:-10000}
 # PER_TOKEN=false runs keygate with `metrics.per_token = false` (issue 5's comparison).
 PER_TOKEN=${PER_TOKEN:-true}
+WORKERS=${WORKERS:-1}
+CALLGRIND=${CALLGRIND:-}
+KEEP=${KEEP:-/tmp/keygate-callgrind}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v curl >/dev/null || need+=(curl)
+[ -z "$CALLGRIND" ] || command -v valgrind >/dev/null || need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then
-  as_root apt-get update -qq >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  echo "installing ${need[*]} with apt-get..."
+  { as_root apt-get update -qq >/dev/null &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } ||
+    { echo "cannot install ${need[*]}: install them by hand" >&2; exit 1; }
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin keygate --example bare_proxy
+KEYGATE=${KEYGATE_BIN:-./target/release/keygate}
+BARE=./target/release/examples/bare_proxy
+# Pinning (WORKERS=1, 2+ CPUs): proxies on CPU 0, upstream and wrk on CPU 1.
+PIN_PROXY=(); PIN_REST=()
+if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  PIN_PROXY=(taskset -c 0); PIN_REST=(taskset -c 1)
+fi
 WORK=$(mktemp -d /tmp/keygate-load.XXXXXX)
 PIDS=()
 cleanup() {
@@ -42,7 +68,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); KG=$(free_port); KGA=$(free_port); NG=$(free_port)
+UP=$(free_port); KG=$(free_port); KGA=$(free_port); NG=$(free_port); BP=$(free_port)
 
 # --- upstream: nginx, one worker, fixed answer.
 mkdir -p "$WORK/up"
@@ -61,13 +87,13 @@ http {
   }
 }
 CONF
-"$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
+"${PIN_REST[@]}" "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
 
 # --- keygate.
 cat > "$WORK/keygate.toml" <<CONF
 [proxy]
 listen = "127.0.0.1:$KG"
-workers = 1
+workers = $WORKERS
 [admin]
 listen = "127.0.0.1:$KGA"
 bootstrap_key_file = "$WORK/admin.key"
@@ -84,7 +110,7 @@ name = "billing"
 prefixes = ["/public/v1/billing"]
 upstream = "http://127.0.0.1:$UP"
 CONF
-KEYGATE_LOG=warn ./target/release/keygate serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
+KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$KEYGATE" serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
 for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
 ADMIN=$(cat "$WORK/admin.key")
 
@@ -110,6 +136,9 @@ print("\n".join(keys))
 PY
 [ "$(wc -l < "$WORK/keys")" -eq "$TOKENS" ] || { echo "token creation failed"; exit 1; }
 
+# --- the bare hyper proxy: the same keys, the same job, nothing else.
+"${PIN_PROXY[@]}" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" "$WORK/keys" "$WORKERS" > "$WORK/bare.log" 2>&1 & BPPID=$!; PIDS+=($BPPID)
+
 # --- nginx as the authenticating gateway.
 mkdir -p "$WORK/gw"
 {
@@ -119,7 +148,7 @@ mkdir -p "$WORK/gw"
   echo "}"
 } > "$WORK/gw/keys.map"
 cat > "$WORK/gw/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes $WORKERS;
 daemon off;
 pid $WORK/gw/nginx.pid;
 error_log $WORK/gw/error.log warn;
@@ -150,7 +179,7 @@ http {
   }
 }
 CONF
-"$NGINX" -c "$WORK/gw/nginx.conf" -p "$WORK/gw" & PIDS+=($!)
+"${PIN_PROXY[@]}" "$NGINX" -c "$WORK/gw/nginx.conf" -p "$WORK/gw" & NGPID=$!; PIDS+=($NGPID)
 sleep 0.5
 
 # --- wrk: rotate over the 100 real keys.
@@ -162,14 +191,73 @@ sleep 0.5
   echo 'request = function() i = (i % #keys) + 1; return wrk.format("GET", "/public/v1/agreements/AGR-1", {["Authorization"] = "ApiKey " .. keys[i]}) end'
 } > "$WORK/keys.lua"
 
-for port in "$KG" "$NG"; do
+for port in "$KG" "$BP" "$NG"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/agreements/x")
   [ "$code" = 200 ] || { echo "warm-up against port $port answered $code"; exit 1; }
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/billing/x")
+  [ "$code" = 403 ] || { echo "port $port answered $code for a module the key lacks"; exit 1; }
 done
 
-run() { # port -> "rps p50 p99 non2xx"
-  wrk -t1 -c64 -d"${SECS}s" --latency -s "$WORK/keys.lua" "http://127.0.0.1:$1" > "$WORK/wrk.out" 2>&1
-  python3 - "$WORK/wrk.out" <<'PY' || { cat "$WORK/wrk.out" >&2; return 1; }
+# CPU ticks (user + system) of a process and its children (nginx's workers).
+ticks() {
+  local t=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+if [ -n "$CALLGRIND" ]; then
+  # Instructions per request, user space only, for each proxy: restart it under
+  # callgrind, warm up, zero the counters, send $CALLGRIND requests, dump.
+  command -v callgrind_control >/dev/null || { echo "callgrind_control missing (valgrind)"; exit 1; }
+  mkdir -p "$KEEP"
+  kill "$KGPID" "$BPPID" "$NGPID"; wait "$KGPID" "$BPPID" "$NGPID" 2>/dev/null || true
+  sed -i 's/^worker_processes .*/worker_processes 1;\nmaster_process off;/' "$WORK/gw/nginx.conf"
+  measure() { # name port command... -> Ir/request
+    local name=$1 port=$2; shift 2
+    rm -f "$KEEP/$name".*
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$KEEP/$name.%p" \
+      --trace-children=no "$@" > "$WORK/$name.vg.log" 2>&1 & local vp=$!
+    for _ in $(seq 600); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/agreements/x")" = 200 ] && break
+      sleep 0.2
+    done
+    wrk -t1 -c16 -d3s -s "$WORK/keys.lua" "http://127.0.0.1:$port" > /dev/null 2>&1 || true
+    callgrind_control -i on "$vp" > /dev/null
+    python3 - "$port" "$CALLGRIND" "$(head -100 "$WORK/keys" | tr '\n' ' ')" <<'PY'
+import http.client, sys, threading
+port, n, keys = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split()
+def go(count, k):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for i in range(count):
+        c.request("GET", "/public/v1/agreements/AGR-1", headers={"Authorization": "ApiKey " + keys[(i + k) % len(keys)]})
+        r = c.getresponse(); r.read()
+        if r.status != 200: sys.exit(f"answered {r.status}")
+ts = [threading.Thread(target=go, args=(n // 8, k)) for k in range(8)]
+for t in ts: t.start()
+for t in ts: t.join()
+PY
+    callgrind_control -i off "$vp" > /dev/null
+    callgrind_control -d "$vp" > /dev/null
+    kill "$vp"; wait "$vp" 2>/dev/null || true
+    local ir
+    ir=$(for f in "$KEEP/$name".*; do grep -m1 -E '^totals:' "$f"; done | awk '{s+=$2} END{print s}')
+    echo "$name: $((ir / (CALLGRIND / 8 * 8))) instructions per request ($CALLGRIND requests; profile $KEEP/$name.*)"
+  }
+  KEYGATE_LOG=warn measure keygate "$KG" "$KEYGATE" serve --config "$WORK/keygate.toml"
+  measure bare "$BP" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" "$WORK/keys" 1
+  measure nginx "$NG" "$NGINX" -c "$WORK/gw/nginx.conf" -p "$WORK/gw"
+  exit 0
+fi
+
+run() { # port pid -> "rps p50 p99 non2xx cpu%"
+  local t0 t1
+  t0=$(ticks "$2")
+  "${PIN_REST[@]}" wrk -t1 -c64 -d"${SECS}s" --latency -s "$WORK/keys.lua" "http://127.0.0.1:$1" > "$WORK/wrk.out" 2>&1
+  t1=$(ticks "$2")
+  python3 - "$WORK/wrk.out" "$((t1 - t0))" "$HZ" "$SECS" <<'PY' || { cat "$WORK/wrk.out" >&2; return 1; }
 import re, sys
 t = open(sys.argv[1]).read()
 def ms(s):
@@ -179,15 +267,37 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 p50 = ms(re.search(r"50%\s+(\S+)", t).group(1))
 p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-print(f"{rps:.0f} {p50:.3f} {p99:.3f} {bad.group(1) if bad else 0}")
+cpu = 100 * int(sys.argv[2]) / int(sys.argv[3]) / float(sys.argv[4])
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {bad.group(1) if bad else 0} {cpu:.0f}")
 PY
 }
 
-echo "round  keygate_rps  p50_ms  p99_ms | nginx_rps  p50_ms  p99_ms | ratio_rps  p99_keygate/nginx"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); workers $WORKERS; pinned: ${PIN_PROXY[*]:-no}"
+printf '%-5s %-8s %8s %7s %7s %5s %9s\n' round target "req/s" p50_ms p99_ms cpu% "req/s/core"
+: > "$WORK/results"
 for r in $(seq "$ROUNDS"); do
-  read -r krps kp50 kp99 kbad < <(run "$KG")
-  read -r nrps np50 np99 nbad < <(run "$NG")
-  [ "$kbad" = 0 ] && [ "$nbad" = 0 ] || echo "warning: non-2xx answers keygate=$kbad nginx=$nbad"
-  python3 -c "print(f'{$r:>5}  {$krps:>11}  {$kp50:>6}  {$kp99:>6} | {$nrps:>9}  {$np50:>6}  {$np99:>6} | {$krps/$nrps:>9.2f}  {$kp99/$np99:>.2f}')"
+  for t in keygate:$KG:$KGPID bare:$BP:$BPPID nginx:$NG:$NGPID; do
+    IFS=: read -r name port pid <<< "$t"
+    read -r rps p50 p99 bad cpu < <(run "$port" "$pid")
+    [ "$bad" = 0 ] || echo "warning: $name answered $bad non-2xx"
+    per=$(python3 -c "print(round($rps / max($cpu, 1) * 100))")
+    printf '%-5s %-8s %8s %7s %7s %5s %9s\n' "$r" "$name" "$rps" "$p50" "$p99" "$cpu" "$per"
+    echo "$name $rps $p50 $p99 $cpu $per" >> "$WORK/results"
+  done
 done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$WORK/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, *v = line.split()
+    rows.setdefault(name, []).append([float(x) for x in v])
+med = {n: [statistics.median(c) for c in zip(*r)] for n, r in rows.items()}
+print("median   target    req/s  p50_ms  p99_ms  cpu%  req/s/core")
+for n, (rps, p50, p99, cpu, per) in med.items():
+    print(f"median   {n:<8} {rps:6.0f}  {p50:6.3f}  {p99:6.3f}  {cpu:4.0f}  {per:9.0f}")
+k, b, g = med["keygate"], med["bare"], med["nginx"]
+print(f"keygate/nginx per core {k[4]/g[4]:.2f}  keygate/bare per core {k[4]/b[4]:.2f}  "
+      f"p50 keygate/nginx {k[1]/g[1]:.2f}  p99 keygate/nginx {k[2]/g[2]:.2f}")
+PY
 echo "keygate RSS: $(awk '/VmRSS/{print $2" "$3}' /proc/$KGPID/status)"
