@@ -82,6 +82,10 @@ struct FileConfig {
     stats: StatsFile,
     #[serde(default)]
     metrics: MetricsFile,
+    #[serde(default)]
+    events: crate::events::config::EventsFile,
+    #[serde(default)]
+    webhooks: Vec<crate::events::config::WebhookFile>,
     extensions: Option<Vec<ExtensionFile>>,
     #[serde(default)]
     modules: Vec<ModuleFile>,
@@ -186,6 +190,10 @@ pub struct Config {
     pub stats: StatsConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Gateway-raised events (`[events]`).
+    pub events: crate::events::config::EventsConfig,
+    /// Where events are delivered (`[[webhooks]]`).
+    pub webhooks: Vec<crate::events::config::Webhook>,
     /// The extension catalogue.
     pub extensions: Vec<Extension>,
     /// The modules, in file order; their index is their identity in permission sets.
@@ -751,6 +759,8 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     if let Err(e) = RouteTable::new(all_prefixes) {
         return Err(err("modules", e));
     }
+    let events = crate::events::config::events(f.events, &file)?;
+    let webhooks = crate::events::config::webhooks(f.webhooks, &file)?;
 
     Ok(Config {
         source: path.to_path_buf(),
@@ -760,6 +770,8 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         store,
         stats,
         metrics,
+        events,
+        webhooks,
         extensions,
         modules,
     })

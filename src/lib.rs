@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
@@ -110,6 +111,14 @@ impl Gateway {
                     .map_err(|e| StartError::Store(e.to_string()))?,
             )),
         };
+        // Before any event is written (bootstrap below): webhooks get events from the
+        // time they were first configured.
+        for w in &config.webhooks {
+            store
+                .webhook_since(&w.name, Timestamp::now())
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?;
+        }
         let cache = Arc::new(TokenCache::new(store.is_exclusive()));
         if store.is_exclusive() {
             let all = store
@@ -231,6 +240,15 @@ impl Gateway {
             move |req, conn| admin::handle(Arc::clone(&admin_shared), req, conn),
             stopped(stop_rx.clone()),
         ));
+        // Events: the expiry scanner and the webhook worker (crate::events).
+        let scanner = tokio::spawn(events::run_scanner(
+            Arc::clone(&self.shared),
+            stopped(stop_rx.clone()),
+        ));
+        let webhooks = tokio::spawn(events::deliver::run(
+            Arc::clone(&self.shared),
+            stopped(stop_rx.clone()),
+        ));
         let flusher = tokio::spawn(stats::run_flusher(
             Arc::clone(&self.shared),
             flush_interval,
@@ -241,6 +259,8 @@ impl Gateway {
         let _ = proxy.await;
         let _ = admin.await;
         let _ = flusher.await;
+        let _ = scanner.await;
+        let _ = webhooks.await;
         // After the drain: every answered request is counted, none is still counting.
         stats::final_flush(&self.shared).await;
         if let Some(sync) = sync {

@@ -40,6 +40,14 @@ pub mod names {
     pub const STATS_DROPPED_TOTAL: &str = "keygate_stats_dropped_total";
     /// Counter: failed statistics flushes to the store.
     pub const STATS_FLUSH_ERRORS_TOTAL: &str = "keygate_stats_flush_errors_total";
+    /// Counter `{webhook, result}`: delivery attempts by outcome (`ok`, `retry`, `dropped`).
+    pub const WEBHOOK_DELIVERIES_TOTAL: &str = "keygate_webhook_deliveries_total";
+    /// Gauge `{webhook}`: events waiting for delivery to a webhook.
+    pub const WEBHOOK_PENDING: &str = "keygate_webhook_pending";
+    /// Label: webhook name (from the configuration).
+    pub const WEBHOOK: &str = "webhook";
+    /// Label: delivery outcome.
+    pub const RESULT: &str = "result";
 
     /// Label: token id, `other` (over the series cap) or `none` (no valid credential).
     pub const TOKEN: &str = "token";
@@ -177,6 +185,10 @@ pub struct Metrics {
     pub stats_dropped: IntCounter,
     /// Failed statistics flushes.
     pub flush_errors: IntCounter,
+    /// Webhook deliveries by webhook and result.
+    pub webhook_deliveries: IntCounterVec,
+    /// Events waiting per webhook.
+    pub webhook_pending: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -231,6 +243,22 @@ impl Metrics {
             STATS_FLUSH_ERRORS_TOTAL,
             "Statistics flushes to the store that failed (the counts are kept and retried).",
         )?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                WEBHOOK_DELIVERIES_TOTAL,
+                "Webhook delivery outcomes: ok (2xx in time), retry (failed, retried later), dropped (given up after retry_for).",
+            ),
+            &[WEBHOOK, RESULT],
+        )?;
+        let webhook_pending = prometheus::IntGaugeVec::new(
+            Opts::new(
+                WEBHOOK_PENDING,
+                "Events not yet delivered to a webhook (as this instance last looked).",
+            ),
+            &[WEBHOOK],
+        )?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
+        registry.register(Box::new(webhook_pending.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(auth_vec))?;
         registry.register(Box::new(duration.clone()))?;
@@ -254,6 +282,8 @@ impl Metrics {
             store_up,
             stats_dropped,
             flush_errors,
+            webhook_deliveries,
+            webhook_pending,
         })
     }
 

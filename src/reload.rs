@@ -62,6 +62,19 @@ impl ReloadHandle {
                 return Err(e);
             }
         };
+        // A webhook new to the store gets events from now on: recorded before the swap,
+        // so no event written under the new list predates it.
+        for w in &p.runtime.config.webhooks {
+            if let Err(e) = self
+                .shared
+                .store
+                .webhook_since(&w.name, jiff::Timestamp::now())
+                .await
+            {
+                tracing::error!(webhook = %w.name, error = %e, "configuration reload refused: cannot record the new webhook");
+                return Err(e.to_string());
+            }
+        }
         let generation = p.runtime.config.generation;
         let modules = p.runtime.config.modules.len();
         self.shared.runtime.store(Arc::new(p.runtime));

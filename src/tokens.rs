@@ -11,7 +11,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
 use crate::error::ApiError;
-use crate::store::{Bootstrapped, Event, Store, StoreError, TokenCache};
+use crate::events;
+use crate::store::{Bootstrapped, Event, EventWrite, Store, StoreError, TokenCache};
 use crate::token::{Secret, Token, TokenId};
 
 /// Longest token name, in characters.
@@ -272,8 +273,34 @@ impl Tokens {
             permissions: new.permissions,
             ..Token::new(&new.name, &[], secret.hash(), now)
         };
+        let mut fields = vec!["name", "description", "extension", "permissions"];
+        if token.external_id.is_some() {
+            fields.push("external_id");
+        }
+        if token.expires_at.is_some() {
+            fields.push("expires_at");
+        }
+        let fields: Vec<String> = fields.into_iter().map(String::from).collect();
         for _ in 0..ID_ATTEMPTS {
-            if self.store.insert(&token).await.map_err(store_error)? {
+            // The events carry the id, so they are made per attempt.
+            let mut evs = vec![events::event(
+                "created",
+                created_by,
+                fields.clone(),
+                &token,
+                now,
+            )];
+            evs.extend(events::expiry_event(
+                &token,
+                now,
+                config.events.expiring_before,
+            ));
+            if self
+                .store
+                .insert_with(&token, &evs)
+                .await
+                .map_err(store_error)?
+            {
                 self.cache.put(&token, config);
                 return Ok((token, secret));
             }
@@ -298,7 +325,8 @@ impl Tokens {
     }
 
     /// Applies `change` to the stored token with compare-and-swap, retrying on
-    /// concurrent edits; bumps `version` and `updated_at`.
+    /// concurrent edits; bumps `version` and `updated_at`. Records no event (tests and
+    /// internal fix-ups); the admin API uses [`Tokens::change`].
     pub async fn modify(
         &self,
         id: TokenId,
@@ -306,19 +334,47 @@ impl Tokens {
         now: Timestamp,
         mut change: impl FnMut(&mut Token) -> Result<(), ApiError>,
     ) -> Result<Token, ApiError> {
+        self.change(id, None, "", config, now, |t| {
+            change(t).map(|()| Vec::new())
+        })
+        .await
+    }
+
+    /// [`Tokens::modify`] that records the event `action` by `actor` in the same store
+    /// write. `change` returns the fields it changed; an `updated` that changed nothing
+    /// records no event (an empty `action` never does). A change that leaves the token
+    /// close to its expiry also raises `token.expiring` (once per expiry time).
+    pub async fn change(
+        &self,
+        id: TokenId,
+        actor: Option<TokenId>,
+        action: &str,
+        config: &Config,
+        now: Timestamp,
+        mut change: impl FnMut(&mut Token) -> Result<Vec<String>, ApiError>,
+    ) -> Result<Token, ApiError> {
         for _ in 0..CAS_ATTEMPTS {
             let mut token = self.get(id).await?;
             let expected = token.version;
-            change(&mut token)?;
+            let fields = change(&mut token)?;
             token.version = expected + 1;
             token.updated_at = now;
+            let mut evs: Vec<EventWrite> = Vec::new();
+            if !action.is_empty() && (action != "updated" || !fields.is_empty()) {
+                evs.push(events::event(action, actor, fields, &token, now));
+                evs.extend(events::expiry_event(
+                    &token,
+                    now,
+                    config.events.expiring_before,
+                ));
+            }
             // Taken before the write: a delete that lands between the write and the
             // cache update invalidates the id after this mark, so `fill_token` refuses
             // to put the token back (`put` would resurrect a deleted token).
             let started = self.cache.read_started();
             if self
                 .store
-                .replace(&token, expected)
+                .replace_with(&token, expected, &evs)
                 .await
                 .map_err(store_error)?
             {
@@ -334,27 +390,6 @@ impl Tokens {
         Err(ApiError::Internal)
     }
 
-    /// Appends an audit event to `id`'s log. A failure is logged, not returned: the
-    /// change it records has already happened and must still be answered.
-    pub async fn audit(
-        &self,
-        id: TokenId,
-        actor: Option<TokenId>,
-        action: &str,
-        fields: Vec<String>,
-        now: Timestamp,
-    ) {
-        let event = Event {
-            at: now,
-            actor,
-            action: action.to_string(),
-            fields,
-        };
-        if let Err(e) = self.store.append_event(id, &event).await {
-            tracing::error!(token = %id, action, error = %e, "cannot append the audit event");
-        }
-    }
-
     /// A token's audit events, oldest first (kept after the token is deleted).
     pub async fn events(&self, id: TokenId) -> Result<Vec<Event>, ApiError> {
         self.store.events(id).await.map_err(store_error)
@@ -362,10 +397,12 @@ impl Tokens {
 
     /// Deletes a token if `check` accepts it, atomically: the delete only happens if
     /// the token is still the version `check` saw (retried like [`Tokens::modify`]), so
-    /// a concurrent edit cannot slip in between the check and the delete.
+    /// a concurrent edit cannot slip in between the check and the delete. Records
+    /// `token.deleted` by `actor` in the same write.
     pub async fn delete_checked(
         &self,
         id: TokenId,
+        actor: Option<TokenId>,
         mut check: impl FnMut(&Token) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         for _ in 0..CAS_ATTEMPTS {
@@ -375,9 +412,11 @@ impl Tokens {
             if let Some(hook) = &self.before_delete {
                 hook(id);
             }
+            let now = Timestamp::now();
+            let evs = [events::event("deleted", actor, Vec::new(), &token, now)];
             if self
                 .store
-                .delete_if_version(id, token.version)
+                .delete_if_version_with(id, token.version, &evs)
                 .await
                 .map_err(store_error)?
             {
@@ -415,10 +454,14 @@ impl Tokens {
             ..Token::new("bootstrap admin", &[PERMISSION_ALL], secret.hash(), now)
         };
         let mut attempts = 0;
+        let fields: Vec<String> = ["name", "description", "extension", "permissions"]
+            .map(String::from)
+            .to_vec();
         loop {
+            let evs = [events::event("created", None, fields.clone(), &token, now)];
             match self
                 .store
-                .insert_bootstrap(&token)
+                .insert_bootstrap_with(&token, &evs)
                 .await
                 .map_err(|e| e.to_string())?
             {
@@ -435,19 +478,14 @@ impl Tokens {
         }
         if let Err(e) = write_key_file(key_file, &format!("{}:{}", token.id, secret.expose())) {
             // Without the file nobody could use the token, and no other would be made.
-            let _ = self.store.delete(token.id).await;
+            let gone = [events::event("deleted", None, Vec::new(), &token, now)];
+            let _ = self
+                .store
+                .delete_if_version_with(token.id, token.version, &gone)
+                .await;
             return Err(format!("cannot write {}: {e}", key_file.display()));
         }
         self.cache.put(&token, config);
-        let fields = ["name", "description", "extension", "permissions"];
-        self.audit(
-            token.id,
-            None,
-            "created",
-            fields.map(String::from).to_vec(),
-            now,
-        )
-        .await;
         Ok(Some(token.id))
     }
 }
@@ -545,7 +583,7 @@ mod tests {
                 let mut t = store.get(id).unwrap().unwrap();
                 t.permissions = vec![PERMISSION_ALL.into()];
                 t.version += 1;
-                assert!(store.replace(&t, t.version - 1).unwrap());
+                assert!(store.replace(&t, t.version - 1, &[]).unwrap());
             });
         }));
         let only_a = |t: &Token| {
@@ -555,7 +593,10 @@ mod tests {
                 Err(ApiError::PermEscalation("wider".into()))
             }
         };
-        let e = tokens.delete_checked(token.id, only_a).await.unwrap_err();
+        let e = tokens
+            .delete_checked(token.id, None, only_a)
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::PermEscalation(_)), "{e:?}");
         assert!(embedded.get(token.id).unwrap().is_some(), "deleted anyway");
     }

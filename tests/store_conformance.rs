@@ -4,10 +4,12 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use keygate::store::{
-    BatchId, Bootstrapped, EmbeddedStore, Event, RedisStore, Store, has_active_admin,
+    BatchId, Bootstrapped, EmbeddedStore, Event, EventWrite, HookState, Once, RedisStore, Store,
+    has_active_admin,
 };
 use keygate::token::{Secret, Token, TokenId};
 
@@ -304,22 +306,174 @@ async fn last_used_keeps_the_latest(store: &Store) {
     assert_eq!(store.get(t.id).await.unwrap(), None);
 }
 
-async fn events_in_order(store: &Store) {
-    let id = TokenId::random();
-    let events: Vec<Event> = ["created", "updated", "disabled"]
-        .iter()
-        .map(|a| Event {
+fn ev(action: &str) -> EventWrite {
+    EventWrite {
+        event: Event {
             at: Timestamp::from_second(1_800_000_000).unwrap(),
             actor: Some(TokenId::random()),
-            action: a.to_string(),
+            action: action.to_string(),
             fields: vec!["name".into()],
-        })
-        .collect();
-    for e in &events {
-        store.append_event(id, e).await.unwrap();
+            id: format!("id-{action}"),
+            token: Some(serde_json::json!({"name": action})),
+        },
+        once: None,
     }
-    assert_eq!(store.events(id).await.unwrap(), events);
+}
+
+fn once(action: &str, kind: &'static str, value: &str) -> EventWrite {
+    EventWrite {
+        once: Some(Once {
+            kind,
+            value: value.into(),
+        }),
+        ..ev(action)
+    }
+}
+
+/// Events are written with the change (not without it), in order, once per marker,
+/// and the webhook bookkeeping (pending index, state, lease, settle) works alike.
+async fn events_with_changes(store: &Store) {
+    let t = token(&["a"]);
+    let id = t.id;
+    assert!(store.insert_with(&t, &[ev("created")]).await.unwrap());
+    // A lost compare-and-swap writes no event.
+    let mut t2 = t.clone();
+    t2.version = 2;
+    assert!(!store.replace_with(&t2, 7, &[ev("lost")]).await.unwrap());
+    assert!(
+        store
+            .replace_with(
+                &t2,
+                1,
+                &[ev("updated"), once("expiring", "expiring", "100")]
+            )
+            .await
+            .unwrap()
+    );
+    // Raised once per marker value; not for a stale version.
+    assert_eq!(
+        store
+            .raise(id, Some(2), &[once("expiring", "expiring", "100")])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .raise(id, Some(1), &[once("expired", "expired", "100")])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .raise(id, Some(2), &[once("expired", "expired", "100")])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .raise(id, None, &[once("expiring", "expiring", "200")])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        !store
+            .delete_if_version_with(id, 1, &[ev("lost")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_if_version_with(id, 2, &[ev("deleted")])
+            .await
+            .unwrap()
+    );
+    // Nothing is raised for a deleted token.
+    assert_eq!(
+        store
+            .raise(id, None, &[ev("quota_exceeded")])
+            .await
+            .unwrap(),
+        0
+    );
+    let actions: Vec<String> = store
+        .events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "created", "updated", "expiring", "expired", "expiring", "deleted"
+        ]
+    );
+    assert_eq!(store.events(id).await.unwrap()[0], ev("created").event);
     assert_eq!(store.events(TokenId::random()).await.unwrap(), vec![]);
+
+    // Delivery bookkeeping.
+    assert!(store.pending(100).await.unwrap().contains(&id));
+    let (n, states) = store.hook_status(id).await.unwrap();
+    assert_eq!((n, states.len()), (6, 0));
+    let from = store.events_from(id, 4, 10).await.unwrap();
+    assert_eq!(from.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [4, 5]);
+    let ttl = Duration::from_secs(5);
+    let st = store.hook_lease(id, "w", "me", ttl).await.unwrap().unwrap();
+    assert_eq!(st, HookState::default());
+    if !store.is_exclusive() {
+        assert_eq!(store.hook_lease(id, "w", "other", ttl).await.unwrap(), None);
+        assert!(!store.hook_save(id, "w", "other", ttl, st).await.unwrap());
+    }
+    assert!(
+        !store
+            .settle(id, &["w".into()], Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    let done = HookState {
+        cursor: 6,
+        attempts: 0,
+        next_at_ms: 0,
+    };
+    assert!(store.hook_save(id, "w", "me", ttl, done).await.unwrap());
+    store.hook_release(id, "w", "me").await;
+    assert_eq!(
+        store.hook_status(id).await.unwrap().1,
+        vec![("w".to_string(), done)]
+    );
+    assert!(
+        !store
+            .settle(id, &["w".into(), "v".into()], Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    if !store.is_exclusive() {
+        // Marked moments ago: kept for the grace period.
+        assert!(
+            !store
+                .settle(id, &["w".into()], Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        store
+            .settle(id, &["w".into()], Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(!store.pending(100).await.unwrap().contains(&id));
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let since = store.webhook_since("w", now).await.unwrap();
+    assert_eq!(since, now);
+    assert_eq!(
+        store.webhook_since("w", Timestamp::now()).await.unwrap(),
+        since
+    );
 }
 
 /// The whole suite, on a fresh store.
@@ -335,7 +489,7 @@ async fn conformance(store: Store) {
     counts_add_range_prune(&store).await;
     a_count_batch_counts_once(&store).await;
     last_used_keeps_the_latest(&store).await;
-    events_in_order(&store).await;
+    events_with_changes(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,14 +320,6 @@ async fn create(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, Api
         .tokens
         .create(new, Some(ctx.caller.token.id), config, ctx.now)
         .await?;
-    let mut fields = vec!["name", "description", "extension", "permissions"];
-    if token.external_id.is_some() {
-        fields.push("external_id");
-    }
-    if token.expires_at.is_some() {
-        fields.push("expires_at");
-    }
-    audit(ctx, token.id, "created", fields).await;
     let mut res = ok(
         StatusCode::CREATED,
         &TokenView::new(&token, ctx.now, Some(&secret)),
@@ -338,11 +330,9 @@ async fn create(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, Api
     Ok(res)
 }
 
-async fn audit(ctx: &Ctx<'_>, id: TokenId, action: &str, fields: Vec<&str>) {
-    let fields = fields.into_iter().map(String::from).collect();
-    ctx.tokens
-        .audit(id, Some(ctx.caller.token.id), action, fields, ctx.now)
-        .await;
+/// The strings of `fields`.
+fn names(fields: &[&str]) -> Vec<String> {
+    fields.iter().map(|f| f.to_string()).collect()
 }
 
 #[derive(Deserialize)]
@@ -400,9 +390,10 @@ async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<B
     };
 
     let mut changed: Vec<&str> = Vec::new();
+    let actor = Some(ctx.caller.token.id);
     let token = ctx
         .tokens
-        .modify(id, config, ctx.now, |t| {
+        .change(id, actor, "updated", config, ctx.now, |t| {
             may_change(&ctx.caller.token, t)?;
             changed.clear();
             if let Some(n) = &name
@@ -442,12 +433,9 @@ async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<B
                 t.expires_at = at;
                 t.validity_secs = validity;
             }
-            Ok(())
+            Ok(names(&changed))
         })
         .await?;
-    if !changed.is_empty() {
-        audit(ctx, id, "updated", changed).await;
-    }
     ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
 }
 
@@ -459,16 +447,16 @@ async fn set_disabled(
     if disabled {
         not_self(ctx, id, "disable")?;
     }
+    let action = if disabled { "disabled" } else { "enabled" };
+    let actor = Some(ctx.caller.token.id);
     let token = ctx
         .tokens
-        .modify(id, &ctx.rt.config, ctx.now, |t| {
+        .change(id, actor, action, &ctx.rt.config, ctx.now, |t| {
             may_change(&ctx.caller.token, t)?;
             t.disabled = disabled;
-            Ok(())
+            Ok(names(&["status"]))
         })
         .await?;
-    let action = if disabled { "disabled" } else { "enabled" };
-    audit(ctx, id, action, vec!["status"]).await;
     ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
 }
 
@@ -501,23 +489,23 @@ async fn rotate(
         .and_then(|g| ctx.now.checked_add(g).ok())
         .ok_or(ApiError::Internal)?;
     let secret = Secret::generate();
+    let mut fields = vec!["secret"];
+    if !grace.is_zero() {
+        fields.push("grace_period");
+    }
+    let actor = Some(ctx.caller.token.id);
     let token = ctx
         .tokens
-        .modify(id, &ctx.rt.config, ctx.now, |t| {
+        .change(id, actor, "rotated", &ctx.rt.config, ctx.now, |t| {
             may_change(&ctx.caller.token, t)?;
             t.previous_secret = (!grace.is_zero()).then_some(PreviousSecret {
                 hash: t.secret_hash,
                 until,
             });
             t.secret_hash = secret.hash();
-            Ok(())
+            Ok(names(&fields))
         })
         .await?;
-    let mut fields = vec!["secret"];
-    if !grace.is_zero() {
-        fields.push("grace_period");
-    }
-    audit(ctx, id, "rotated", fields).await;
     ok(
         StatusCode::OK,
         &TokenView::new(&token, ctx.now, Some(&secret)),
@@ -546,9 +534,10 @@ async fn renew(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<
         None => None,
     };
     let now = ctx.now;
+    let actor = Some(ctx.caller.token.id);
     let token = ctx
         .tokens
-        .modify(id, &ctx.rt.config, now, |t| {
+        .change(id, actor, "renewed", &ctx.rt.config, now, |t| {
             may_change(&ctx.caller.token, t)?;
             if t.expires_at.is_none() {
                 return Err(ApiError::NotRenewable);
@@ -559,19 +548,19 @@ async fn renew(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<
             };
             t.expires_at = at;
             t.validity_secs = validity;
-            Ok(())
+            Ok(names(&["expires_at"]))
         })
         .await?;
-    audit(ctx, id, "renewed", vec!["expires_at"]).await;
     ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
 }
 
 async fn delete(ctx: &Ctx<'_>, id: TokenId) -> Result<Response<Full<Bytes>>, ApiError> {
     not_self(ctx, id, "delete")?;
     ctx.tokens
-        .delete_checked(id, |target| may_change(&ctx.caller.token, target))
+        .delete_checked(id, Some(ctx.caller.token.id), |target| {
+            may_change(&ctx.caller.token, target)
+        })
         .await?;
-    audit(ctx, id, "deleted", Vec::new()).await;
     let mut res = json_bytes(StatusCode::NO_CONTENT, Bytes::new());
     res.headers_mut().remove(header::CONTENT_TYPE);
     Ok(res)

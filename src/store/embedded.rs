@@ -5,8 +5,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, StoreError, StoreResult,
-    has_active_admin,
+    BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, EventWrite, HookState, StoreError,
+    StoreResult, has_active_admin,
 };
 use crate::token::{Token, TokenId};
 
@@ -24,10 +24,20 @@ const BATCHES: TableDefinition<[u8; 16], i64> = TableDefinition::new("applied_ba
 const LAST_USED: TableDefinition<u32, i64> = TableDefinition::new("last_used");
 /// (id, sequence) → event JSON.
 const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
+/// Ids of tokens whose events may not all be delivered to every webhook yet.
+const PENDING: TableDefinition<u32, ()> = TableDefinition::new("events_pending");
+/// (id, webhook) → where that webhook stands with the token's events.
+const HOOKS: TableDefinition<(u32, &str), (u64, u32, i64)> = TableDefinition::new("webhook_state");
+/// (id, marker) → value: events raised once per value (see `super::Once`).
+const MARKERS: TableDefinition<(u32, &str), &str> = TableDefinition::new("event_markers");
+/// Webhook name → when it was first configured (Unix ms).
+const SINCE: TableDefinition<&str, i64> = TableDefinition::new("webhook_since");
 
 /// A redb database holding the token table.
 pub struct EmbeddedStore {
     db: Database,
+    /// Woken after every write that added an event.
+    pub(crate) events_written: tokio::sync::Notify,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -58,8 +68,15 @@ impl EmbeddedStore {
         txn.open_table(BATCHES).map_err(unavailable)?;
         txn.open_table(LAST_USED).map_err(unavailable)?;
         txn.open_table(EVENTS).map_err(unavailable)?;
+        txn.open_table(PENDING).map_err(unavailable)?;
+        txn.open_table(HOOKS).map_err(unavailable)?;
+        txn.open_table(MARKERS).map_err(unavailable)?;
+        txn.open_table(SINCE).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
-        Ok(EmbeddedStore { db })
+        Ok(EmbeddedStore {
+            db,
+            events_written: tokio::sync::Notify::new(),
+        })
     }
 
     /// One token.
@@ -92,8 +109,8 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    /// Inserts a token whose id was never used.
-    pub fn insert(&self, token: &Token) -> StoreResult<bool> {
+    /// Inserts a token whose id was never used, with its events.
+    pub fn insert(&self, token: &Token, events: &[EventWrite]) -> StoreResult<bool> {
         let bytes = encode(token)?;
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
@@ -113,12 +130,18 @@ impl EmbeddedStore {
                 .insert(token.id.number(), bytes.as_slice())
                 .map_err(unavailable)?;
         }
+        push_events(&txn, token.id, events)?;
         txn.commit().map_err(unavailable)?;
         Ok(true)
     }
 
-    /// Compare-and-swap on `version`.
-    pub fn replace(&self, token: &Token, expected_version: u64) -> StoreResult<bool> {
+    /// Compare-and-swap on `version`, with the change's events.
+    pub fn replace(
+        &self,
+        token: &Token,
+        expected_version: u64,
+        events: &[EventWrite],
+    ) -> StoreResult<bool> {
         let bytes = encode(token)?;
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
@@ -134,6 +157,7 @@ impl EmbeddedStore {
                 .insert(token.id.number(), bytes.as_slice())
                 .map_err(unavailable)?;
         }
+        push_events(&txn, token.id, events)?;
         txn.commit().map_err(unavailable)?;
         Ok(true)
     }
@@ -148,6 +172,7 @@ impl EmbeddedStore {
             retired.insert(id.number(), ()).map_err(unavailable)?;
             let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
             last_used.remove(id.number()).map_err(unavailable)?;
+            remove_markers(&txn, id)?;
             existed
         };
         txn.commit().map_err(unavailable)?;
@@ -155,8 +180,13 @@ impl EmbeddedStore {
     }
 
     /// Deletes a token and retires its id if its version is still `expected_version`;
-    /// one transaction.
-    pub fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+    /// one transaction, with the delete's events.
+    pub fn delete_if_version(
+        &self,
+        id: TokenId,
+        expected_version: u64,
+        events: &[EventWrite],
+    ) -> StoreResult<bool> {
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
             let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
@@ -172,14 +202,20 @@ impl EmbeddedStore {
             retired.insert(id.number(), ()).map_err(unavailable)?;
             let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
             last_used.remove(id.number()).map_err(unavailable)?;
+            remove_markers(&txn, id)?;
         }
+        push_events(&txn, id, events)?;
         txn.commit().map_err(unavailable)?;
         Ok(true)
     }
 
     /// Inserts the bootstrap token unless an active admin exists, with the id checks of
     /// [`EmbeddedStore::insert`]; one transaction.
-    pub fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
+    pub fn insert_bootstrap(
+        &self,
+        token: &Token,
+        events: &[EventWrite],
+    ) -> StoreResult<Bootstrapped> {
         let bytes = encode(token)?;
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
@@ -205,6 +241,7 @@ impl EmbeddedStore {
                 .insert(token.id.number(), bytes.as_slice())
                 .map_err(unavailable)?;
         }
+        push_events(&txn, token.id, events)?;
         txn.commit().map_err(unavailable)?;
         Ok(Bootstrapped::Inserted)
     }
@@ -325,24 +362,28 @@ impl EmbeddedStore {
         txn.commit().map_err(unavailable)
     }
 
-    /// Appends an event.
-    pub fn append_event(&self, id: TokenId, event: &Event) -> StoreResult<()> {
-        let bytes = serde_json::to_vec(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    /// Writes gateway-raised events for a live token (once per marker), if its version
+    /// is still `expected_version` (when given); how many were written.
+    pub fn raise(
+        &self,
+        id: TokenId,
+        expected_version: Option<u64>,
+        events: &[EventWrite],
+    ) -> StoreResult<usize> {
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
-            let mut table = txn.open_table(EVENTS).map_err(unavailable)?;
-            let next = table
-                .range((id.number(), 0)..=(id.number(), u64::MAX))
-                .map_err(unavailable)?
-                .next_back()
-                .transpose()
-                .map_err(unavailable)?
-                .map_or(0, |(k, _)| k.value().1 + 1);
-            table
-                .insert((id.number(), next), bytes.as_slice())
-                .map_err(unavailable)?;
+            let table = txn.open_table(TOKENS).map_err(unavailable)?;
+            let current = match table.get(id.number()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(0),
+            };
+            if expected_version.is_some_and(|v| v != current.version) {
+                return Ok(0);
+            }
         }
-        txn.commit().map_err(unavailable)
+        let n = push_events(&txn, id, events)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(n)
     }
 
     /// A token's events, oldest first.
@@ -361,5 +402,204 @@ impl EmbeddedStore {
             );
         }
         Ok(out)
+    }
+}
+
+/// Appends `events` to `id`'s log inside `txn` (skipping those whose marker already
+/// holds their value) and marks the token pending; how many were written.
+fn push_events(
+    txn: &redb::WriteTransaction,
+    id: TokenId,
+    events: &[EventWrite],
+) -> StoreResult<usize> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut table = txn.open_table(EVENTS).map_err(unavailable)?;
+    let mut markers = txn.open_table(MARKERS).map_err(unavailable)?;
+    let mut next = table
+        .range((id.number(), 0)..=(id.number(), u64::MAX))
+        .map_err(unavailable)?
+        .next_back()
+        .transpose()
+        .map_err(unavailable)?
+        .map_or(0, |(k, _)| k.value().1 + 1);
+    let mut written = 0;
+    for e in events {
+        if let Some(once) = &e.once {
+            let key = (id.number(), once.kind);
+            let held = markers
+                .get(key)
+                .map_err(unavailable)?
+                .is_some_and(|v| v.value() == once.value);
+            if held {
+                continue;
+            }
+            markers
+                .insert(key, once.value.as_str())
+                .map_err(unavailable)?;
+        }
+        let bytes = e.json()?;
+        table
+            .insert((id.number(), next), bytes.as_bytes())
+            .map_err(unavailable)?;
+        next += 1;
+        written += 1;
+    }
+    if written > 0 {
+        txn.open_table(PENDING)
+            .map_err(unavailable)?
+            .insert(id.number(), ())
+            .map_err(unavailable)?;
+    }
+    Ok(written)
+}
+
+/// Forgets a deleted token's once-markers.
+fn remove_markers(txn: &redb::WriteTransaction, id: TokenId) -> StoreResult<()> {
+    txn.open_table(MARKERS)
+        .map_err(unavailable)?
+        .retain_in((id.number(), "")..(id.number() + 1, ""), |_, _| false)
+        .map_err(unavailable)
+}
+
+fn event_count(
+    table: &impl ReadableTable<(u32, u64), &'static [u8]>,
+    id: TokenId,
+) -> StoreResult<u64> {
+    Ok(table
+        .range((id.number(), 0)..=(id.number(), u64::MAX))
+        .map_err(unavailable)?
+        .next_back()
+        .transpose()
+        .map_err(unavailable)?
+        .map_or(0, |(k, _)| k.value().1 + 1))
+}
+
+fn hook_state(v: (u64, u32, i64)) -> HookState {
+    HookState {
+        cursor: v.0,
+        attempts: v.1,
+        next_at_ms: v.2,
+    }
+}
+
+/// The webhook worker's bookkeeping (see `super::Store::pending`).
+impl EmbeddedStore {
+    /// Pending token ids.
+    pub fn pending(&self, limit: usize) -> StoreResult<Vec<TokenId>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(PENDING).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(unavailable)?.take(limit) {
+            let (k, _) = row.map_err(unavailable)?;
+            out.extend(TokenId::new(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// Number of events and every webhook's state.
+    pub fn hook_status(&self, id: TokenId) -> StoreResult<(u64, Vec<(String, HookState)>)> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let events = txn.open_table(EVENTS).map_err(unavailable)?;
+        let hooks = txn.open_table(HOOKS).map_err(unavailable)?;
+        let mut states = Vec::new();
+        for row in hooks
+            .range((id.number(), "")..(id.number() + 1, ""))
+            .map_err(unavailable)?
+        {
+            let (k, v) = row.map_err(unavailable)?;
+            states.push((k.value().1.to_string(), hook_state(v.value())));
+        }
+        Ok((event_count(&events, id)?, states))
+    }
+
+    /// One webhook's state.
+    pub fn hook_state(&self, id: TokenId, webhook: &str) -> StoreResult<HookState> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let hooks = txn.open_table(HOOKS).map_err(unavailable)?;
+        Ok(hooks
+            .get((id.number(), webhook))
+            .map_err(unavailable)?
+            .map(|v| hook_state(v.value()))
+            .unwrap_or_default())
+    }
+
+    /// Saves one webhook's state.
+    pub fn hook_save(&self, id: TokenId, webhook: &str, s: HookState) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        txn.open_table(HOOKS)
+            .map_err(unavailable)?
+            .insert((id.number(), webhook), (s.cursor, s.attempts, s.next_at_ms))
+            .map_err(unavailable)?;
+        txn.commit().map_err(unavailable)
+    }
+
+    /// Events from index `from`.
+    pub fn events_from(
+        &self,
+        id: TokenId,
+        from: u64,
+        max: usize,
+    ) -> StoreResult<Vec<(u64, Event)>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(EVENTS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((id.number(), from)..=(id.number(), u64::MAX))
+            .map_err(unavailable)?
+            .take(max)
+        {
+            let (k, v) = row.map_err(unavailable)?;
+            let e = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((k.value().1, e));
+        }
+        Ok(out)
+    }
+
+    /// Drops `id` from the pending index if every webhook has every event; one
+    /// transaction, so an event written meanwhile keeps it.
+    pub fn settle(&self, id: TokenId, webhooks: &[String]) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let events = txn.open_table(EVENTS).map_err(unavailable)?;
+            let hooks = txn.open_table(HOOKS).map_err(unavailable)?;
+            let n = event_count(&events, id)?;
+            for w in webhooks {
+                let cursor = hooks
+                    .get((id.number(), w.as_str()))
+                    .map_err(unavailable)?
+                    .map_or(0, |v| v.value().0);
+                if cursor < n {
+                    return Ok(false);
+                }
+            }
+            txn.open_table(PENDING)
+                .map_err(unavailable)?
+                .remove(id.number())
+                .map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// When webhook `name` was first configured.
+    pub fn webhook_since(&self, name: &str, now: jiff::Timestamp) -> StoreResult<jiff::Timestamp> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        let ms = {
+            let mut t = txn.open_table(SINCE).map_err(unavailable)?;
+            let cur = t.get(name).map_err(unavailable)?.map(|v| v.value());
+            match cur {
+                Some(ms) => ms,
+                None => {
+                    let ms = now.as_millisecond();
+                    t.insert(name, ms).map_err(unavailable)?;
+                    ms
+                }
+            }
+        };
+        txn.commit().map_err(unavailable)?;
+        Ok(jiff::Timestamp::from_millisecond(ms).unwrap_or(now))
     }
 }

@@ -10,6 +10,8 @@ pub mod sync;
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::token::{Token, TokenId};
 
 pub use cache::{AuthEntry, Lookup, PermSet, TokenCache};
@@ -107,21 +109,40 @@ impl Store {
 
     /// Inserts a new token; `false` if its id is taken or was ever used.
     pub async fn insert(&self, token: &Token) -> StoreResult<bool> {
-        let token = token.clone();
-        match self {
-            Store::Embedded(s) => blocking(s, move |s| s.insert(&token)).await,
-            Store::Redis(s) => s.insert(&token).await,
-        }
+        self.insert_with(token, &[]).await
+    }
+
+    /// [`Store::insert`] writing `events` in the same transaction (script).
+    pub async fn insert_with(&self, token: &Token, events: &[EventWrite]) -> StoreResult<bool> {
+        let (token, events) = (token.clone(), events.to_vec());
+        let done = match self {
+            Store::Embedded(s) => blocking(s, move |s| s.insert(&token, &events)).await,
+            Store::Redis(s) => s.insert(&token, &events).await,
+        };
+        self.wrote(done)
     }
 
     /// Replaces a token if its stored version is still `expected_version`
     /// (optimistic concurrency); `false` if it changed or vanished meanwhile.
     pub async fn replace(&self, token: &Token, expected_version: u64) -> StoreResult<bool> {
-        let token = token.clone();
-        match self {
-            Store::Embedded(s) => blocking(s, move |s| s.replace(&token, expected_version)).await,
-            Store::Redis(s) => s.replace(&token, expected_version).await,
-        }
+        self.replace_with(token, expected_version, &[]).await
+    }
+
+    /// [`Store::replace`] writing `events` in the same transaction (script).
+    pub async fn replace_with(
+        &self,
+        token: &Token,
+        expected_version: u64,
+        events: &[EventWrite],
+    ) -> StoreResult<bool> {
+        let (token, events) = (token.clone(), events.to_vec());
+        let done = match self {
+            Store::Embedded(s) => {
+                blocking(s, move |s| s.replace(&token, expected_version, &events)).await
+            }
+            Store::Redis(s) => s.replace(&token, expected_version, &events).await,
+        };
+        self.wrote(done)
     }
 
     /// Deletes a token; its id is never handed out again. `false` if it did not exist.
@@ -136,23 +157,89 @@ impl Store {
     /// `expected_version`, so a check made on that version holds for the delete;
     /// `false` if it changed or vanished meanwhile.
     pub async fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
-        match self {
+        self.delete_if_version_with(id, expected_version, &[]).await
+    }
+
+    /// [`Store::delete_if_version`] writing `events` in the same transaction (script).
+    pub async fn delete_if_version_with(
+        &self,
+        id: TokenId,
+        expected_version: u64,
+        events: &[EventWrite],
+    ) -> StoreResult<bool> {
+        let events = events.to_vec();
+        let done = match self {
             Store::Embedded(s) => {
-                blocking(s, move |s| s.delete_if_version(id, expected_version)).await
+                blocking(s, move |s| {
+                    s.delete_if_version(id, expected_version, &events)
+                })
+                .await
             }
-            Store::Redis(s) => s.delete_if_version(id, expected_version).await,
-        }
+            Store::Redis(s) => s.delete_if_version(id, expected_version, &events).await,
+        };
+        self.wrote(done)
     }
 
     /// Atomically inserts `token` unless an active token with the admin permission
     /// exists at its `created_at`. Like [`Store::insert`], never over a live token's id
     /// or a retired one ([`Bootstrapped::IdTaken`]: try again with another id).
     pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
-        let token = token.clone();
-        match self {
-            Store::Embedded(s) => blocking(s, move |s| s.insert_bootstrap(&token)).await,
-            Store::Redis(s) => s.insert_bootstrap(&token).await,
+        self.insert_bootstrap_with(token, &[]).await
+    }
+
+    /// [`Store::insert_bootstrap`] writing `events` with the token.
+    pub async fn insert_bootstrap_with(
+        &self,
+        token: &Token,
+        events: &[EventWrite],
+    ) -> StoreResult<Bootstrapped> {
+        let any = !events.is_empty();
+        let (token, events) = (token.clone(), events.to_vec());
+        let done = match self {
+            Store::Embedded(s) => blocking(s, move |s| s.insert_bootstrap(&token, &events)).await,
+            Store::Redis(s) => s.insert_bootstrap(&token, &events).await,
+        };
+        if matches!(done, Ok(Bootstrapped::Inserted)) && any {
+            self.events_written().notify_one();
         }
+        done
+    }
+
+    /// Writes events raised by the gateway itself (expiring, expired, quota exceeded)
+    /// for a live token, each at most once per its [`Once`] marker; only if the token's
+    /// version is still `expected_version` (when given). Returns how many were written.
+    pub async fn raise(
+        &self,
+        id: TokenId,
+        expected_version: Option<u64>,
+        events: &[EventWrite],
+    ) -> StoreResult<usize> {
+        let events = events.to_vec();
+        let n = match self {
+            Store::Embedded(s) => {
+                blocking(s, move |s| s.raise(id, expected_version, &events)).await
+            }
+            Store::Redis(s) => s.raise(id, expected_version, &events).await,
+        }?;
+        if n > 0 {
+            self.events_written().notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Woken whenever this process wrote an event (the webhook worker waits on it).
+    pub fn events_written(&self) -> &tokio::sync::Notify {
+        match self {
+            Store::Embedded(s) => &s.events_written,
+            Store::Redis(s) => &s.events_written,
+        }
+    }
+
+    fn wrote(&self, done: StoreResult<bool>) -> StoreResult<bool> {
+        if matches!(done, Ok(true)) {
+            self.events_written().notify_one();
+        }
+        done
     }
 }
 
@@ -194,17 +281,189 @@ pub fn has_active_admin<'a>(
 /// Response counts of one token on one UTC day, by class: `[2xx, 3xx, 4xx, 5xx]`.
 pub type ClassCounts = [u64; 4];
 
-/// One audit event of a token (never holds a secret).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One event of a token (never holds a secret): the audit log entry, and what the
+/// webhooks deliver (see `crate::events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// When.
     pub at: jiff::Timestamp,
     /// Who: the token that made the change (`None` = keygate itself, e.g. bootstrap).
     pub actor: Option<TokenId>,
-    /// What: `created`, `updated`, `disabled`, `enabled`, `rotated`, `renewed`, `deleted`.
+    /// What: `created`, `updated`, `disabled`, `enabled`, `rotated`, `renewed`,
+    /// `deleted`, `expiring`, `expired`, `quota_exceeded` (the type without `token.`).
     pub action: String,
     /// Which fields changed.
     pub fields: Vec<String>,
+    /// Random id (hex), the base of the `webhook-id`; empty in events written before
+    /// webhooks existed, which are never delivered.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// The token as the admin API showed it right after the change (before a delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<serde_json::Value>,
+}
+
+/// Raise an event at most once per (token, `kind`) and `value`: it is written only if
+/// the token's marker `kind` does not hold `value` yet, and the marker is set with it
+/// (e.g. kind `expired`, value the expiry time: a new expiry arms it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    /// Marker name.
+    pub kind: &'static str,
+    /// The value it must not already hold.
+    pub value: String,
+}
+
+/// An event to write together with a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventWrite {
+    /// The event.
+    pub event: Event,
+    /// Write it only once per marker.
+    pub once: Option<Once>,
+}
+
+impl EventWrite {
+    fn json(&self) -> StoreResult<String> {
+        serde_json::to_string(&self.event).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
+/// Where one webhook stands with one token's events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookState {
+    /// Index of the next event to deliver (events before it are delivered or dropped).
+    pub cursor: u64,
+    /// Failed attempts at the event at `cursor`.
+    pub attempts: u32,
+    /// Not before this time (Unix milliseconds): the back-off after a failure.
+    pub next_at_ms: i64,
+}
+
+impl HookState {
+    fn encode(&self) -> String {
+        format!("{} {} {}", self.cursor, self.attempts, self.next_at_ms)
+    }
+
+    fn decode(s: &str) -> HookState {
+        let mut it = s.split(' ');
+        let mut next = || it.next().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        HookState {
+            cursor: u64::try_from(next()).unwrap_or(0),
+            attempts: u32::try_from(next()).unwrap_or(0),
+            next_at_ms: next(),
+        }
+    }
+}
+
+/// Delivery bookkeeping of the webhook worker (`crate::events::deliver`). A token with
+/// events not yet delivered to every webhook is in the *pending* index; each
+/// (webhook, token) pair has a [`HookState`]; on Redis a lease makes one instance at a
+/// time deliver one pair, so each event reaches each webhook once.
+impl Store {
+    /// Tokens that may have undelivered events (at most `limit`, longest pending first).
+    pub async fn pending(&self, limit: usize) -> StoreResult<Vec<TokenId>> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.pending(limit)).await,
+            Store::Redis(s) => s.pending(limit).await,
+        }
+    }
+
+    /// How many events `id` has, and every webhook's state with them.
+    pub async fn hook_status(&self, id: TokenId) -> StoreResult<(u64, Vec<(String, HookState)>)> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.hook_status(id)).await,
+            Store::Redis(s) => s.hook_status(id).await,
+        }
+    }
+
+    /// Up to `max` events of `id` from index `from`, with their indices.
+    pub async fn events_from(
+        &self,
+        id: TokenId,
+        from: u64,
+        max: usize,
+    ) -> StoreResult<Vec<(u64, Event)>> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.events_from(id, from, max)).await,
+            Store::Redis(s) => s.events_from(id, from, max).await,
+        }
+    }
+
+    /// Takes the lease on (`webhook`, `id`) for `ttl` (Redis; the embedded store has
+    /// one process, whose worker keeps its own in-flight set) and returns the state, or
+    /// `None` when another instance holds it.
+    pub async fn hook_lease(
+        &self,
+        id: TokenId,
+        webhook: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<Option<HookState>> {
+        match self {
+            Store::Embedded(s) => {
+                let w = webhook.to_string();
+                blocking(s, move |s| s.hook_state(id, &w).map(Some)).await
+            }
+            Store::Redis(s) => s.hook_lease(id, webhook, holder, ttl).await,
+        }
+    }
+
+    /// Saves the state of (`webhook`, `id`) if `holder` still holds the lease (and
+    /// extends it by `ttl`); `false` if the lease was lost.
+    pub async fn hook_save(
+        &self,
+        id: TokenId,
+        webhook: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        state: HookState,
+    ) -> StoreResult<bool> {
+        match self {
+            Store::Embedded(s) => {
+                let w = webhook.to_string();
+                blocking(s, move |s| s.hook_save(id, &w, state).map(|()| true)).await
+            }
+            Store::Redis(s) => s.hook_save(id, webhook, holder, ttl, state).await,
+        }
+    }
+
+    /// Gives the lease on (`webhook`, `id`) back.
+    pub async fn hook_release(&self, id: TokenId, webhook: &str, holder: &str) {
+        if let Store::Redis(s) = self {
+            s.hook_release(id, webhook, holder).await;
+        }
+    }
+
+    /// Drops `id` from the pending index if every one of `webhooks` has all its events
+    /// (embedded: checked in the same transaction; Redis: only if it was last marked
+    /// more than `grace` ago, so a writer between its mark and its script is not lost).
+    pub async fn settle(
+        &self,
+        id: TokenId,
+        webhooks: &[String],
+        grace: std::time::Duration,
+    ) -> StoreResult<bool> {
+        let webhooks = webhooks.to_vec();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.settle(id, &webhooks)).await,
+            Store::Redis(s) => s.settle(id, &webhooks, grace).await,
+        }
+    }
+
+    /// When webhook `name` was first configured (recorded now if never): events older
+    /// than that are not sent to it.
+    pub async fn webhook_since(
+        &self,
+        name: &str,
+        now: jiff::Timestamp,
+    ) -> StoreResult<jiff::Timestamp> {
+        let name = name.to_string();
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.webhook_since(&name, now)).await,
+            Store::Redis(s) => s.webhook_since(&name, now).await,
+        }
+    }
 }
 
 /// Days as integers (days since 1970-01-01, UTC) so both backends key them the same way.
@@ -314,15 +573,6 @@ impl Store {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.set_last_used(&updates)).await,
             Store::Redis(s) => s.set_last_used(&updates).await,
-        }
-    }
-
-    /// Appends an audit event to a token's log.
-    pub async fn append_event(&self, id: TokenId, event: &Event) -> StoreResult<()> {
-        let event = event.clone();
-        match self {
-            Store::Embedded(s) => blocking(s, move |s| s.append_event(id, &event)).await,
-            Store::Redis(s) => s.append_event(id, &event).await,
         }
     }
 

@@ -6,8 +6,12 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `P token:{<id>}` | hash | `v` version, `j` token JSON, `lu` last use (Unix s); a deleted token leaves `r`=1 so its id is never reused |
-//! | `P events:{<id>}` | list | audit events (JSON), oldest first |
+//! | `P token:{<id>}` | hash | `v` version, `j` token JSON, `lu` last use (Unix s), `m:<kind>` once-markers of raised events; a deleted token leaves `r`=1 so its id is never reused |
+//! | `P events:{<id>}` | list | events (JSON), oldest first: the audit log and the webhook outbox, written by the same script as the change |
+//! | `P hook:{<id>}` | hash | webhook name → `cursor attempts next_at_ms`: where that webhook stands with the token's events |
+//! | `P lease:{<id>}:<webhook>` | string | the instance delivering this token's events to this webhook (TTL) |
+//! | `P pending` | sorted set | ids of tokens with events not yet delivered everywhere; score = when marked (ms) |
+//! | `P webhooks:since` | hash | webhook name → when first configured (ms) |
 //! | `P ids` | set | ids of live tokens (the index `list` reads) |
 //! | `P bootstrap-lock` | string | held (with a TTL) while one instance checks for an admin token |
 //! | `P {counts}:days` | sorted set | day numbers that have counts |
@@ -36,8 +40,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
 
 use super::{
-    BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, StoreError, StoreResult,
-    has_active_admin,
+    BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, EventWrite, HookState, StoreError,
+    StoreResult, has_active_admin,
 };
 use crate::token::{Token, TokenId};
 
@@ -54,19 +58,44 @@ const BOOTSTRAP_WAIT: Duration = Duration::from_secs(35);
 /// Concurrent reads when listing (cluster keys live on different nodes, so no MGET).
 const LIST_CONCURRENCY: usize = 64;
 
-/// Insert a never-used id. KEYS: token. ARGV: version, json, channel, id.
+/// Appends events to KEYS[2] (the token's event list), from ARGV[`start`]: a count,
+/// then per event marker field ('' = none), marker value, JSON. An event whose marker
+/// field in KEYS[1] already holds the value is skipped; returns how many were written.
+/// Prepended to the scripts that write events, so an event and its change are one
+/// script.
+const PUSH_EVENTS: &str = r"
+local function push_events(start)
+  local n = tonumber(ARGV[start])
+  local written = 0
+  for e = 0, n - 1 do
+    local i = start + 1 + e * 3
+    local f, v = ARGV[i], ARGV[i + 1]
+    if f == '' or redis.call('HGET', KEYS[1], f) ~= v then
+      if f ~= '' then redis.call('HSET', KEYS[1], f, v) end
+      redis.call('RPUSH', KEYS[2], ARGV[i + 2])
+      written = written + 1
+    end
+  end
+  return written
+end
+";
+
+/// Insert a never-used id. KEYS: token, events. ARGV: version, json, channel, id,
+/// events.
 const INSERT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'j', ARGV[2])
+push_events(5)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1";
 
-/// Compare-and-swap on the version. KEYS: token. ARGV: expected, new version, json,
-/// channel, id.
+/// Compare-and-swap on the version. KEYS: token, events. ARGV: expected, new version,
+/// json, channel, id, events.
 const REPLACE: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v')
 if (not v) or v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'j', ARGV[3])
+push_events(6)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1";
 
@@ -78,15 +107,50 @@ redis.call('HSET', KEYS[1], 'r', '1')
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return existed";
 
-/// Delete and retire if the version is still the expected one. KEYS: token. ARGV:
-/// expected version, channel, id.
+/// Delete and retire if the version is still the expected one. KEYS: token, events.
+/// ARGV: expected version, channel, id, events.
 const DELETE_IF_VERSION: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v')
 if (not v) or v ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'r', '1')
+push_events(4)
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1";
+
+/// Events raised by the gateway for a live token. KEYS: token, events. ARGV: expected
+/// version ('' = any), events. Returns how many were written.
+const RAISE: &str = r"
+if redis.call('HEXISTS', KEYS[1], 'j') == 0 then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
+return push_events(2)";
+
+/// The event count and every webhook's state. KEYS: events, hook.
+const HOOK_STATUS: &str = r"
+return {redis.call('LLEN', KEYS[1]), redis.call('HGETALL', KEYS[2])}";
+
+/// Take (or keep) a lease and read the state. KEYS: lease, hook. ARGV: holder, ttl ms,
+/// webhook. Returns {1, state or ''} or {0, ''}.
+const HOOK_LEASE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return {0, ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}";
+
+/// Save the state while holding the lease, extending it. KEYS: lease, hook. ARGV:
+/// holder, ttl ms, webhook, state.
+const HOOK_SAVE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+return 1";
+
+/// Drop an id from the pending index if it was marked at or before ARGV[2] (ms).
+/// KEYS: pending. ARGV: id, latest mark.
+const SETTLE: &str = r"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) return 1 end
+return 0";
 
 /// Keep the later last-use time of a live token. KEYS: token. ARGV: Unix seconds.
 const LAST_USED: &str = r"
@@ -184,6 +248,8 @@ pub struct RedisStore {
     channel: String,
     health: Health,
     scripts: Scripts,
+    /// Woken after every write that added an event.
+    pub(crate) events_written: tokio::sync::Notify,
 }
 
 struct Scripts {
@@ -195,6 +261,11 @@ struct Scripts {
     add_counts: Script,
     prune: Script,
     unlock: Script,
+    raise: Script,
+    hook_status: Script,
+    hook_lease: Script,
+    hook_save: Script,
+    settle: Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -287,15 +358,21 @@ impl RedisStore {
                 last_ok_ms: AtomicU64::new(0),
             },
             scripts: Scripts {
-                insert: Script::new(INSERT),
-                replace: Script::new(REPLACE),
+                insert: Script::new(&format!("{PUSH_EVENTS}{INSERT}")),
+                replace: Script::new(&format!("{PUSH_EVENTS}{REPLACE}")),
                 delete: Script::new(DELETE),
-                delete_if_version: Script::new(DELETE_IF_VERSION),
+                delete_if_version: Script::new(&format!("{PUSH_EVENTS}{DELETE_IF_VERSION}")),
                 last_used: Script::new(LAST_USED),
                 add_counts: Script::new(ADD_COUNTS),
                 prune: Script::new(PRUNE),
                 unlock: Script::new(UNLOCK),
+                raise: Script::new(&format!("{PUSH_EVENTS}{RAISE}")),
+                hook_status: Script::new(HOOK_STATUS),
+                hook_lease: Script::new(HOOK_LEASE),
+                hook_save: Script::new(HOOK_SAVE),
+                settle: Script::new(SETTLE),
             },
+            events_written: tokio::sync::Notify::new(),
         };
         store.ping().await?;
         Ok(store)
@@ -317,6 +394,18 @@ impl RedisStore {
 
     fn events_key(&self, id: TokenId) -> String {
         format!("{}events:{{{}}}", self.prefix, id.number())
+    }
+
+    fn hook_key(&self, id: TokenId) -> String {
+        format!("{}hook:{{{}}}", self.prefix, id.number())
+    }
+
+    fn lease_key(&self, id: TokenId, webhook: &str) -> String {
+        format!("{}lease:{{{}}}:{webhook}", self.prefix, id.number())
+    }
+
+    fn pending_key(&self) -> String {
+        format!("{}pending", self.prefix)
     }
 
     fn ids_key(&self) -> String {
@@ -446,8 +535,8 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Inserts a token whose id was never used; announces it.
-    pub async fn insert(&self, token: &Token) -> StoreResult<bool> {
+    /// Inserts a token whose id was never used, with its events; announces it.
+    pub async fn insert(&self, token: &Token, events: &[EventWrite]) -> StoreResult<bool> {
         let json = encode(token)?;
         // Index first: an id in the index without a token is skipped by `list`,
         // a token missing from the index would be invisible to it.
@@ -457,28 +546,55 @@ impl RedisStore {
                 .arg(token.id.number()),
         )
         .await?;
+        self.mark_pending(token.id, events).await?;
         let mut inv = self.scripts.insert.prepare_invoke();
         inv.key(self.token_key(token.id))
+            .key(self.events_key(token.id))
             .arg(token.version)
             .arg(json)
             .arg(&self.channel)
             .arg(token.id.to_string());
+        event_args(&mut inv, events)?;
         let inserted: i64 = self.script(inv).await?;
         Ok(inserted == 1)
     }
 
-    /// Compare-and-swap on `version`; announces the change.
-    pub async fn replace(&self, token: &Token, expected_version: u64) -> StoreResult<bool> {
+    /// Compare-and-swap on `version`, with the change's events; announces the change.
+    pub async fn replace(
+        &self,
+        token: &Token,
+        expected_version: u64,
+        events: &[EventWrite],
+    ) -> StoreResult<bool> {
         let json = encode(token)?;
+        self.mark_pending(token.id, events).await?;
         let mut inv = self.scripts.replace.prepare_invoke();
         inv.key(self.token_key(token.id))
+            .key(self.events_key(token.id))
             .arg(expected_version)
             .arg(token.version)
             .arg(json)
             .arg(&self.channel)
             .arg(token.id.to_string());
+        event_args(&mut inv, events)?;
         let replaced: i64 = self.script(inv).await?;
         Ok(replaced == 1)
+    }
+
+    /// Marks `id` pending before a script writes `events` (a different hash slot, so
+    /// not in the same script): an id marked without events costs the worker a look;
+    /// events without the mark would never be delivered.
+    async fn mark_pending(&self, id: TokenId, events: &[EventWrite]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.query::<()>(
+            redis::cmd("ZADD")
+                .arg(self.pending_key())
+                .arg(jiff::Timestamp::now().as_millisecond())
+                .arg(id.number()),
+        )
+        .await
     }
 
     /// Deletes a token and retires its id; announces it.
@@ -498,14 +614,22 @@ impl RedisStore {
         Ok(existed == 1)
     }
 
-    /// Deletes a token and retires its id if its version is still `expected_version`;
-    /// announces it.
-    pub async fn delete_if_version(&self, id: TokenId, expected_version: u64) -> StoreResult<bool> {
+    /// Deletes a token and retires its id if its version is still `expected_version`,
+    /// with the delete's events; announces it.
+    pub async fn delete_if_version(
+        &self,
+        id: TokenId,
+        expected_version: u64,
+        events: &[EventWrite],
+    ) -> StoreResult<bool> {
+        self.mark_pending(id, events).await?;
         let mut inv = self.scripts.delete_if_version.prepare_invoke();
         inv.key(self.token_key(id))
+            .key(self.events_key(id))
             .arg(expected_version)
             .arg(&self.channel)
             .arg(id.to_string());
+        event_args(&mut inv, events)?;
         let deleted: i64 = self.script(inv).await?;
         if deleted == 1
             && let Err(e) = self
@@ -519,7 +643,11 @@ impl RedisStore {
 
     /// Inserts `token` unless an active admin token exists. Instances serialise on a
     /// lock key with a TTL, so when several start together only one creates a token.
-    pub async fn insert_bootstrap(&self, token: &Token) -> StoreResult<Bootstrapped> {
+    pub async fn insert_bootstrap(
+        &self,
+        token: &Token,
+        events: &[EventWrite],
+    ) -> StoreResult<Bootstrapped> {
         let lock = format!("{}bootstrap-lock", self.prefix);
         let mut holder = [0u8; 16];
         getrandom::fill(&mut holder).map_err(unavailable)?;
@@ -551,7 +679,7 @@ impl RedisStore {
             if has_active_admin(&all, token.created_at) {
                 return Ok(Bootstrapped::AdminExists);
             }
-            Ok(if self.insert(token).await? {
+            Ok(if self.insert(token, events).await? {
                 Bootstrapped::Inserted
             } else {
                 Bootstrapped::IdTaken
@@ -680,11 +808,25 @@ impl RedisStore {
         results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
-    /// Appends an event to a token's log.
-    pub async fn append_event(&self, id: TokenId, event: &Event) -> StoreResult<()> {
-        let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.query(redis::cmd("RPUSH").arg(self.events_key(id)).arg(json))
-            .await
+    /// Writes gateway-raised events for a live token (once per marker), if its version
+    /// is still `expected_version` (when given); how many were written.
+    pub async fn raise(
+        &self,
+        id: TokenId,
+        expected_version: Option<u64>,
+        events: &[EventWrite],
+    ) -> StoreResult<usize> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.mark_pending(id, events).await?;
+        let mut inv = self.scripts.raise.prepare_invoke();
+        inv.key(self.token_key(id))
+            .key(self.events_key(id))
+            .arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
+        event_args(&mut inv, events)?;
+        let n: i64 = self.script(inv).await?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// A token's events, oldest first.
@@ -695,6 +837,165 @@ impl RedisStore {
         rows.iter()
             .map(|r| serde_json::from_str(r).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect()
+    }
+}
+
+/// The event arguments of [`PUSH_EVENTS`].
+fn event_args(inv: &mut ScriptInvocation<'_>, events: &[EventWrite]) -> StoreResult<()> {
+    inv.arg(events.len());
+    for e in events {
+        match &e.once {
+            Some(o) => inv.arg(format!("m:{}", o.kind)).arg(&o.value),
+            None => inv.arg("").arg(""),
+        };
+        inv.arg(e.json()?);
+    }
+    Ok(())
+}
+
+/// The webhook worker's bookkeeping (see `super::Store::pending`).
+impl RedisStore {
+    /// Pending token ids, longest pending first.
+    pub async fn pending(&self, limit: usize) -> StoreResult<Vec<TokenId>> {
+        let ids: Vec<u32> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.pending_key())
+                    .arg(0)
+                    .arg(limit.saturating_sub(1)),
+            )
+            .await?;
+        Ok(ids.into_iter().filter_map(TokenId::new).collect())
+    }
+
+    /// Number of events and every webhook's state.
+    pub async fn hook_status(&self, id: TokenId) -> StoreResult<(u64, Vec<(String, HookState)>)> {
+        let mut inv = self.scripts.hook_status.prepare_invoke();
+        inv.key(self.events_key(id)).key(self.hook_key(id));
+        let (n, fields): (u64, Vec<String>) = self.script(inv).await?;
+        Ok((
+            n,
+            fields
+                .chunks_exact(2)
+                .map(|kv| (kv[0].clone(), HookState::decode(&kv[1])))
+                .collect(),
+        ))
+    }
+
+    /// Events from index `from`.
+    pub async fn events_from(
+        &self,
+        id: TokenId,
+        from: u64,
+        max: usize,
+    ) -> StoreResult<Vec<(u64, Event)>> {
+        let to = from.saturating_add(max.max(1) as u64 - 1);
+        let rows: Vec<String> = self
+            .query(
+                redis::cmd("LRANGE")
+                    .arg(self.events_key(id))
+                    .arg(from)
+                    .arg(to),
+            )
+            .await?;
+        rows.iter()
+            .zip(from..)
+            .map(|(r, i)| {
+                serde_json::from_str(r)
+                    .map(|e| (i, e))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Takes the lease on (`webhook`, `id`); the state, or `None` if another holds it.
+    pub async fn hook_lease(
+        &self,
+        id: TokenId,
+        webhook: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<HookState>> {
+        let mut inv = self.scripts.hook_lease.prepare_invoke();
+        inv.key(self.lease_key(id, webhook))
+            .key(self.hook_key(id))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .arg(webhook);
+        let (got, state): (i64, String) = self.script(inv).await?;
+        Ok((got == 1).then(|| HookState::decode(&state)))
+    }
+
+    /// Saves the state while holding the lease.
+    pub async fn hook_save(
+        &self,
+        id: TokenId,
+        webhook: &str,
+        holder: &str,
+        ttl: Duration,
+        state: HookState,
+    ) -> StoreResult<bool> {
+        let mut inv = self.scripts.hook_save.prepare_invoke();
+        inv.key(self.lease_key(id, webhook))
+            .key(self.hook_key(id))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .arg(webhook)
+            .arg(state.encode());
+        let saved: i64 = self.script(inv).await?;
+        Ok(saved == 1)
+    }
+
+    /// Gives a lease back (if it is still ours; else it expires by itself).
+    pub async fn hook_release(&self, id: TokenId, webhook: &str, holder: &str) {
+        let mut inv = self.scripts.unlock.prepare_invoke();
+        inv.key(self.lease_key(id, webhook)).arg(holder);
+        let _ = self.script::<i64>(inv).await;
+    }
+
+    /// Drops `id` from the pending index if every webhook has every event and it was
+    /// last marked more than `grace` ago.
+    pub async fn settle(
+        &self,
+        id: TokenId,
+        webhooks: &[String],
+        grace: Duration,
+    ) -> StoreResult<bool> {
+        let (n, states) = self.hook_status(id).await?;
+        let caught_up = webhooks.iter().all(|w| {
+            states
+                .iter()
+                .find(|(k, _)| k == w)
+                .is_some_and(|(_, s)| s.cursor >= n)
+        });
+        if !caught_up && n > 0 {
+            return Ok(false);
+        }
+        let latest = jiff::Timestamp::now().as_millisecond() - grace.as_millis() as i64;
+        let mut inv = self.scripts.settle.prepare_invoke();
+        inv.key(self.pending_key()).arg(id.number()).arg(latest);
+        let removed: i64 = self.script(inv).await?;
+        Ok(removed == 1)
+    }
+
+    /// When webhook `name` was first configured.
+    pub async fn webhook_since(
+        &self,
+        name: &str,
+        now: jiff::Timestamp,
+    ) -> StoreResult<jiff::Timestamp> {
+        let key = format!("{}webhooks:since", self.prefix);
+        self.query::<()>(
+            redis::cmd("HSETNX")
+                .arg(&key)
+                .arg(name)
+                .arg(now.as_millisecond()),
+        )
+        .await?;
+        let ms: Option<i64> = self.query(redis::cmd("HGET").arg(&key).arg(name)).await?;
+        Ok(ms
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .unwrap_or(now))
     }
 }
 
