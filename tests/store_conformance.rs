@@ -310,7 +310,7 @@ fn ev(action: &str) -> EventWrite {
     EventWrite {
         event: Event {
             at: Timestamp::from_second(1_800_000_000).unwrap(),
-            actor: Some(TokenId::random()),
+            actor: TokenId::new(7),
             action: action.to_string(),
             fields: vec!["name".into()],
             id: format!("id-{action}"),
