@@ -34,6 +34,7 @@ struct Got {
     body: Bytes,
     /// The status the receiver answered.
     status: u16,
+    arrived: std::time::Instant,
 }
 
 impl Got {
@@ -109,6 +110,7 @@ impl Receiver {
                                 content_type,
                                 body,
                                 status,
+                                arrived: std::time::Instant::now(),
                             });
                             Ok::<_, Infallible>(
                                 Response::builder()
@@ -768,5 +770,54 @@ fn config_errors_name_the_key() {
                 );
             }
         }
+    }
+}
+
+/// Measurement, not a check: admin create latency and the time from the admin answer to
+/// the delivery, embedded and Redis.
+/// `cargo test --release --test webhooks measure_delivery_latency -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_delivery_latency() {
+    let redis = spawn_redis().await;
+    for backend in ["embedded", "redis"] {
+        let r = Receiver::start().await;
+        let store = if backend == "redis" {
+            redis_store_toml(&redis, "m:", "")
+        } else {
+            String::new()
+        };
+        let gw = spawn_gateway(&(store + &base_toml("") + &hook_toml("r", &r.url(), ""))).await;
+        r.wait_for("bootstrap", |g| !g.is_empty()).await;
+        let n = 300;
+        let mut answered = HashMap::new();
+        let mut create_us = Vec::new();
+        for i in 0..n {
+            let t0 = std::time::Instant::now();
+            let id = create(&gw, &format!(r#"{{"name": "m{i}", "permissions": ["a"]}}"#)).await;
+            let t1 = std::time::Instant::now();
+            create_us.push((t1 - t0).as_micros() as u64);
+            answered.insert(id, t1);
+        }
+        r.wait_for("all", |g| g.len() > n).await;
+        let mut lat: Vec<u64> = r
+            .ok()
+            .iter()
+            .filter_map(|g| {
+                let t = answered.get(&g.token_id())?;
+                Some(g.arrived.saturating_duration_since(*t).as_micros() as u64)
+            })
+            .collect();
+        lat.sort_unstable();
+        create_us.sort_unstable();
+        let pct = |v: &[u64], p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+        println!(
+            "{backend}: {n} creates; create p50 {} us p99 {} us; answer->delivery p50 {} us p99 {} us",
+            pct(&create_us, 50),
+            pct(&create_us, 99),
+            pct(&lat, 50),
+            pct(&lat, 99)
+        );
+        gw.stop().await;
     }
 }

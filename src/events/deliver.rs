@@ -50,6 +50,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// A token leaves the Redis pending index only this long after it was last marked (a
 /// writer marks before its script runs; see `RedisStore::settle`).
 const SETTLE_GRACE: Duration = Duration::from_secs(30);
+/// A pending mark younger than this may still be followed by its writer's script.
+const RECENT_MARK_MS: i64 = 2_000;
 /// Connect timeout of the webhook client.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,6 +105,9 @@ struct Worker {
     waiting: Mutex<HashMap<String, HashMap<TokenId, u64>>>,
     /// When each webhook was first configured.
     since: Mutex<HashMap<String, Timestamp>>,
+    /// Pending tokens found caught up but marked too recently to settle (Redis), by the
+    /// mark seen then: not read again until that mark is old enough, unless re-marked.
+    quiet: Mutex<HashMap<TokenId, i64>>,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -146,6 +151,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
         not_before: Mutex::default(),
         waiting: Mutex::default(),
         since: Mutex::default(),
+        quiet: Mutex::default(),
         slots: Mutex::default(),
     });
     let tasks = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
@@ -244,7 +250,24 @@ impl Worker {
             }
         };
         let now = now_ms();
-        for id in ids {
+        let grace_ms = SETTLE_GRACE.as_millis() as i64;
+        lock(&self.quiet).retain(|id, _| ids.iter().any(|(i, _)| i == id));
+        for (id, mark) in ids {
+            if lock(&self.quiet).get(&id) == Some(&mark) {
+                if now.saturating_sub(mark) < grace_ms {
+                    continue;
+                }
+                // Old enough now; settle re-checks that it is still caught up.
+                lock(&self.quiet).remove(&id);
+                if ready.len() == hooks.len()
+                    && let Ok(true) = store.settle(id, &names, SETTLE_GRACE).await
+                {
+                    for m in lock(&self.waiting).values_mut() {
+                        m.remove(&id);
+                    }
+                }
+                continue;
+            }
             if !names.is_empty() && names.iter().all(|w| self.busy(w, id, now)) {
                 continue;
             }
@@ -297,6 +320,13 @@ impl Worker {
                         for m in lock(&self.waiting).values_mut() {
                             m.remove(&id);
                         }
+                    }
+                    // Caught up but marked within the grace period. A mark older
+                    // than RECENT is past its writer's script (one store deadline), so
+                    // the token can rest until the grace period ends or it is marked
+                    // again.
+                    Ok(false) if mark > 0 && now.saturating_sub(mark) >= RECENT_MARK_MS => {
+                        lock(&self.quiet).insert(id, mark);
                     }
                     Ok(false) => {}
                     Err(e) => tracing::debug!(token = %id, error = %e, "cannot settle"),

@@ -487,13 +487,13 @@ fn hook_state(v: (u64, u32, i64)) -> HookState {
 /// The webhook worker's bookkeeping (see `super::Store::pending`).
 impl EmbeddedStore {
     /// Pending token ids.
-    pub fn pending(&self, limit: usize) -> StoreResult<Vec<TokenId>> {
+    pub fn pending(&self, limit: usize) -> StoreResult<Vec<(TokenId, i64)>> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(PENDING).map_err(unavailable)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(unavailable)?.take(limit) {
             let (k, _) = row.map_err(unavailable)?;
-            out.extend(TokenId::new(k.value()));
+            out.extend(TokenId::new(k.value()).map(|id| (id, 0)));
         }
         Ok(out)
     }

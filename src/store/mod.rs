@@ -361,8 +361,10 @@ impl HookState {
 /// (webhook, token) pair has a [`HookState`]; on Redis a lease makes one instance at a
 /// time deliver one pair, so each event reaches each webhook once.
 impl Store {
-    /// Tokens that may have undelivered events (at most `limit`, longest pending first).
-    pub async fn pending(&self, limit: usize) -> StoreResult<Vec<TokenId>> {
+    /// Tokens that may have undelivered events (at most `limit`, longest pending first),
+    /// each with when it was last marked (Unix ms; 0 on the embedded store, whose
+    /// [`Store::settle`] needs no grace).
+    pub async fn pending(&self, limit: usize) -> StoreResult<Vec<(TokenId, i64)>> {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.pending(limit)).await,
             Store::Redis(s) => s.pending(limit).await,

@@ -856,16 +856,20 @@ fn event_args(inv: &mut ScriptInvocation<'_>, events: &[EventWrite]) -> StoreRes
 /// The webhook worker's bookkeeping (see `super::Store::pending`).
 impl RedisStore {
     /// Pending token ids, longest pending first.
-    pub async fn pending(&self, limit: usize) -> StoreResult<Vec<TokenId>> {
-        let ids: Vec<u32> = self
+    pub async fn pending(&self, limit: usize) -> StoreResult<Vec<(TokenId, i64)>> {
+        let ids: Vec<(u32, f64)> = self
             .query(
                 redis::cmd("ZRANGE")
                     .arg(self.pending_key())
                     .arg(0)
-                    .arg(limit.saturating_sub(1)),
+                    .arg(limit.saturating_sub(1))
+                    .arg("WITHSCORES"),
             )
             .await?;
-        Ok(ids.into_iter().filter_map(TokenId::new).collect())
+        Ok(ids
+            .into_iter()
+            .filter_map(|(id, mark)| TokenId::new(id).map(|id| (id, mark as i64)))
+            .collect())
     }
 
     /// Number of events and every webhook's state.
