@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
@@ -50,7 +51,11 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// A token leaves the Redis pending index only this long after it was last marked (a
 /// writer marks before its script runs; see `RedisStore::settle`).
 const SETTLE_GRACE: Duration = Duration::from_secs(30);
-/// A pending mark younger than this may still be followed by its writer's script.
+/// Concurrent state reads per round.
+const STATUS_READS: usize = 32;
+/// A pending mark younger than this may still be followed by its writer's script (one
+/// store deadline): a token found caught up with an older mark rests (is not read
+/// again) until its mark can be settled or it is marked again.
 const RECENT_MARK_MS: i64 = 2_000;
 /// Connect timeout of the webhook client.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -252,6 +257,7 @@ impl Worker {
         let now = now_ms();
         let grace_ms = SETTLE_GRACE.as_millis() as i64;
         lock(&self.quiet).retain(|id, _| ids.iter().any(|(i, _)| i == id));
+        let mut to_read = Vec::new();
         for (id, mark) in ids {
             if lock(&self.quiet).get(&id) == Some(&mark) {
                 if now.saturating_sub(mark) < grace_ms {
@@ -271,7 +277,16 @@ impl Worker {
             if !names.is_empty() && names.iter().all(|w| self.busy(w, id, now)) {
                 continue;
             }
-            let (n, states) = match store.hook_status(id).await {
+            to_read.push((id, mark));
+        }
+        // The states, read concurrently (one round trip each on Redis).
+        let read: Vec<_> = futures_util::stream::iter(to_read)
+            .map(|(id, mark)| async move { (id, mark, store.hook_status(id).await) })
+            .buffer_unordered(STATUS_READS)
+            .collect()
+            .await;
+        for (id, mark, status) in read {
+            let (n, states) = match status {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(token = %id, error = %e, "cannot read webhook state");
@@ -314,19 +329,18 @@ impl Worker {
                     drop(permit);
                 });
             }
-            if caught_up && ready.len() == hooks.len() {
+            // On Redis a mark younger than the grace period cannot be settled yet.
+            let settleable = mark == 0 || now.saturating_sub(mark) >= grace_ms;
+            if caught_up && ready.len() == hooks.len() && !settleable {
+                if mark > 0 && now.saturating_sub(mark) >= RECENT_MARK_MS {
+                    lock(&self.quiet).insert(id, mark);
+                }
+            } else if caught_up && ready.len() == hooks.len() {
                 match store.settle(id, &names, SETTLE_GRACE).await {
                     Ok(true) => {
                         for m in lock(&self.waiting).values_mut() {
                             m.remove(&id);
                         }
-                    }
-                    // Caught up but marked within the grace period. A mark older
-                    // than RECENT is past its writer's script (one store deadline), so
-                    // the token can rest until the grace period ends or it is marked
-                    // again.
-                    Ok(false) if mark > 0 && now.saturating_sub(mark) >= RECENT_MARK_MS => {
-                        lock(&self.quiet).insert(id, mark);
                     }
                     Ok(false) => {}
                     Err(e) => tracing::debug!(token = %id, error = %e, "cannot settle"),
