@@ -5,7 +5,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-/// Which kind of upstream failure (the `kind` label of `keygate_upstream_errors_total`).
+/// How an upstream failed to answer: 502 `UPSTREAM_UNAVAILABLE` for `Connect` and
+/// `Protocol`, 504 `UPSTREAM_TIMEOUT` for `Timeout` (and the `kind` label of
+/// `keygate_upstream_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
     /// Could not connect (refused, unreachable, DNS, TLS handshake).
@@ -27,15 +29,25 @@ impl UpstreamFailure {
     }
 }
 
-/// Who caused an error: decides the log level.
+/// Who caused an error: decides the level of the request's log line (`logging.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// The client sent something wrong (debug).
+    /// The client sent something wrong: `info`, like a success (the access log); it
+    /// is nothing an operator must act on.
     Client,
-    /// The upstream or the store failed (warn).
+    /// The upstream or the store failed: `warn`.
     Upstream,
-    /// A bug or resource problem on our side (error).
+    /// A bug or resource problem on our side: `error`.
     Internal,
+}
+
+fn upstream_text(kind: UpstreamFailure) -> &'static str {
+    match kind {
+        UpstreamFailure::Timeout => "the upstream service did not answer in time",
+        UpstreamFailure::Connect | UpstreamFailure::Protocol => {
+            "the upstream service is unavailable"
+        }
+    }
 }
 
 /// Every error a client can be answered with.
@@ -68,12 +80,9 @@ pub enum ApiError {
     /// Body over the module's limit (proxy).
     #[error("the request body exceeds {0} bytes")]
     BodyTooLarge(u64),
-    /// Upstream refused, reset or unreachable.
-    #[error("the upstream service is unavailable")]
-    UpstreamUnavailable(UpstreamFailure),
-    /// Upstream too slow.
-    #[error("the upstream service did not answer in time")]
-    UpstreamTimeout,
+    /// The upstream did not answer: refused, reset, unreachable, or too slow.
+    #[error("{}", upstream_text(*.0))]
+    Upstream(UpstreamFailure),
     /// Admin input invalid (field or parameter named in the text).
     #[error("{0}")]
     Validation(String),
@@ -125,14 +134,14 @@ impl ApiError {
                 "BODY_TOO_LARGE",
                 Source::Client,
             ),
-            UpstreamUnavailable(_) => (
-                StatusCode::BAD_GATEWAY,
-                "UPSTREAM_UNAVAILABLE",
-                Source::Upstream,
-            ),
-            UpstreamTimeout => (
+            Upstream(UpstreamFailure::Timeout) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "UPSTREAM_TIMEOUT",
+                Source::Upstream,
+            ),
+            Upstream(UpstreamFailure::Connect | UpstreamFailure::Protocol) => (
+                StatusCode::BAD_GATEWAY,
+                "UPSTREAM_UNAVAILABLE",
                 Source::Upstream,
             ),
             Validation(_) => (StatusCode::BAD_REQUEST, "VALIDATION", Source::Client),

@@ -2,19 +2,26 @@
 //!
 //! `main.rs` parses the command line and calls [`Gateway::start`] and [`Gateway::run`];
 //! tests do the same with listeners bound to `127.0.0.1:0`.
+//!
+//! The request path on the proxy listener is `gateway.rs` (its phases call into
+//! `routes`, `auth`, `proxy` and `logging`); the admin listener is `admin/`. Both take
+//! the state of `state.rs`; the modules they call never take it back, so the module
+//! graph has no cycle. Public modules are what `main.rs`, the tests and the benches use.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
-pub mod gateway;
-pub mod headers;
+mod gateway;
+mod headers;
+mod logging;
 pub mod metrics;
-pub mod proxy;
-pub mod reload;
+mod proxy;
+mod reload;
 pub mod routes;
-pub mod server;
+mod server;
+pub mod state;
 pub mod stats;
 pub mod store;
 pub mod tls;
@@ -28,10 +35,10 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use crate::config::{Backend, Config, TlsFiles};
-use crate::gateway::{RequestIds, Runtime, Shared};
 use crate::metrics::Metrics;
 use crate::server::Limits;
-use crate::stats::{Clock, Stats, SystemClock};
+use crate::state::{RequestIds, Runtime, Shared};
+use crate::stats::{Clock, Flusher, Stats, SystemClock};
 use crate::store::{EmbeddedStore, RedisStore, Store, TokenCache};
 use crate::tls::ServerTls;
 use crate::tokens::Tokens;
@@ -76,7 +83,6 @@ pub enum StartError {
 /// A gateway whose store is open and whose cache is loaded.
 pub struct Gateway {
     shared: Arc<Shared>,
-    tokens: Tokens,
     reload: ReloadHandle,
 }
 
@@ -144,12 +150,17 @@ impl Gateway {
             Metrics::new(&config.metrics, Arc::clone(&cache))
                 .map_err(|e| StartError::Metrics(e.to_string()))?,
         );
-        let stats = Stats::new(Arc::clone(&metrics), config.metrics.max_token_series, clock);
+        let stats = Arc::new(Stats::new(
+            Arc::clone(&metrics),
+            config.metrics.max_token_series,
+            clock,
+        ));
         drop(config);
         let shared = Arc::new(Shared {
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             store,
             cache,
+            tokens,
             request_ids: RequestIds::default(),
             stats,
             metrics,
@@ -160,11 +171,7 @@ impl Gateway {
             admin_tls,
             lock: Arc::new(tokio::sync::Mutex::new(())),
         };
-        Ok(Gateway {
-            shared,
-            tokens,
-            reload,
-        })
+        Ok(Gateway { shared, reload })
     }
 
     /// A handle that re-reads the configuration file (what SIGHUP does).
@@ -174,7 +181,7 @@ impl Gateway {
 
     /// Token operations on this gateway's store and cache.
     pub fn tokens(&self) -> &Tokens {
-        &self.tokens
+        &self.shared.tokens
     }
 
     /// The current configuration.
@@ -208,6 +215,11 @@ impl Gateway {
             ..limits.clone()
         };
         let flush_interval = rt.config.stats.flush_interval;
+        let flusher = Arc::new(Flusher {
+            stats: Arc::clone(&self.shared.stats),
+            store: self.shared.store.clone(),
+            retention_days: rt.config.stats.retention_days,
+        });
         drop(rt);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -225,11 +237,19 @@ impl Gateway {
         ));
         // A shared store: follow other instances' changes (see store::sync).
         let sync = match &self.shared.store {
-            Store::Redis(redis) => Some(tokio::spawn(store::sync::run(
-                Arc::clone(&self.shared),
-                Arc::clone(redis),
-                stopped(stop_rx.clone()),
-            ))),
+            Store::Redis(redis) => {
+                let shared = Arc::clone(&self.shared);
+                let follower = store::sync::Follower {
+                    cache: Arc::clone(&self.shared.cache),
+                    store: self.shared.store.clone(),
+                    config: Box::new(move || shared.config()),
+                };
+                Some(tokio::spawn(store::sync::run(
+                    Arc::new(follower),
+                    Arc::clone(redis),
+                    stopped(stop_rx.clone()),
+                )))
+            }
             Store::Embedded(_) => None,
         };
         let admin_shared = Arc::clone(&self.shared);
@@ -249,20 +269,17 @@ impl Gateway {
             Arc::clone(&self.shared),
             stopped(stop_rx.clone()),
         ));
-        let flusher = tokio::spawn(stats::run_flusher(
-            Arc::clone(&self.shared),
-            flush_interval,
-            stop_rx,
-        ));
+        let flushing = Arc::clone(&flusher);
+        let flush_task = tokio::spawn(async move { flushing.run(flush_interval, stop_rx).await });
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = proxy.await;
         let _ = admin.await;
-        let _ = flusher.await;
+        let _ = flush_task.await;
         let _ = scanner.await;
         let _ = webhooks.await;
         // After the drain: every answered request is counted, none is still counting.
-        stats::final_flush(&self.shared).await;
+        flusher.final_flush().await;
         if let Some(sync) = sync {
             let _ = sync.await;
         }

@@ -151,17 +151,32 @@ impl AuthFailure {
             "forbidden",
         ][self as usize]
     }
+}
 
-    /// The reason an error answer stands for, if it is an auth failure.
-    pub fn of(error: &ApiError) -> Option<AuthFailure> {
+/// The counter an error answer on the proxy listener increments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorMetric {
+    /// `keygate_auth_failures_total{reason}`.
+    Auth(AuthFailure),
+    /// `keygate_upstream_errors_total{module, kind}`.
+    Upstream(UpstreamFailure),
+    /// Neither (counted only in `keygate_requests_total`).
+    None,
+}
+
+impl ErrorMetric {
+    /// The one mapping from an error to its metric label.
+    pub fn of(error: &ApiError) -> ErrorMetric {
+        use ErrorMetric::{Auth, Upstream};
         match error {
-            ApiError::Malformed(_) => Some(AuthFailure::Malformed),
-            ApiError::AuthMissing => Some(AuthFailure::Missing),
-            ApiError::AuthInvalid => Some(AuthFailure::Invalid),
-            ApiError::AuthDisabled => Some(AuthFailure::Disabled),
-            ApiError::AuthExpired => Some(AuthFailure::Expired),
-            ApiError::PermDenied => Some(AuthFailure::Forbidden),
-            _ => None,
+            ApiError::Malformed(_) => Auth(AuthFailure::Malformed),
+            ApiError::AuthMissing => Auth(AuthFailure::Missing),
+            ApiError::AuthInvalid => Auth(AuthFailure::Invalid),
+            ApiError::AuthDisabled => Auth(AuthFailure::Disabled),
+            ApiError::AuthExpired => Auth(AuthFailure::Expired),
+            ApiError::PermDenied => Auth(AuthFailure::Forbidden),
+            ApiError::Upstream(kind) => Upstream(*kind),
+            _ => ErrorMetric::None,
         }
     }
 }
@@ -326,16 +341,14 @@ impl Metrics {
 
     /// Counts an error answer: auth failure reason and/or upstream failure kind.
     pub fn count_error(&self, modules: &ModuleMetrics, slot: usize, error: &ApiError) {
-        if let Some(reason) = AuthFailure::of(error) {
-            self.auth_failures[reason as usize].inc();
-        }
-        let kind = match error {
-            ApiError::UpstreamUnavailable(kind) => *kind,
-            ApiError::UpstreamTimeout => UpstreamFailure::Timeout,
-            _ => return,
-        };
-        if let Some(children) = modules.upstream.get(slot) {
-            children[kind as usize].inc();
+        match ErrorMetric::of(error) {
+            ErrorMetric::Auth(reason) => self.auth_failures[reason as usize].inc(),
+            ErrorMetric::Upstream(kind) => {
+                if let Some(children) = modules.upstream.get(slot) {
+                    children[kind as usize].inc();
+                }
+            }
+            ErrorMetric::None => {}
         }
     }
 
@@ -507,16 +520,23 @@ mod tests {
     }
 
     #[test]
-    fn auth_failure_reasons() {
+    fn error_metric_labels() {
         assert_eq!(
-            AuthFailure::of(&ApiError::Malformed("x".into())),
-            Some(AuthFailure::Malformed)
+            ErrorMetric::of(&ApiError::Malformed("x".into())),
+            ErrorMetric::Auth(AuthFailure::Malformed)
         );
+        assert_eq!(AuthFailure::Forbidden.label(), "forbidden");
         assert_eq!(
-            AuthFailure::of(&ApiError::PermDenied).map(AuthFailure::label),
-            Some("forbidden")
+            ErrorMetric::of(&ApiError::PermDenied),
+            ErrorMetric::Auth(AuthFailure::Forbidden)
         );
-        assert_eq!(AuthFailure::of(&ApiError::RouteNotFound), None);
-        assert_eq!(AuthFailure::of(&ApiError::UpstreamTimeout), None);
+        assert_eq!(ErrorMetric::of(&ApiError::RouteNotFound), ErrorMetric::None);
+        let timeout = ApiError::Upstream(UpstreamFailure::Timeout);
+        assert_eq!(
+            ErrorMetric::of(&timeout),
+            ErrorMetric::Upstream(UpstreamFailure::Timeout)
+        );
+        assert_eq!(UpstreamFailure::Timeout.as_str(), "timeout");
+        assert_eq!(timeout.code(), "UPSTREAM_TIMEOUT");
     }
 }

@@ -113,44 +113,31 @@ fn pool(tls: rustls::ClientConfig) -> Pool {
         .build(connector)
 }
 
-/// What the upstream request needs besides the client's request.
-pub struct Forward<'a> {
+/// The upstream a request goes to, chosen by `gateway::upstream_peer`.
+pub struct Peer<'a> {
     /// The module.
     pub module: &'a Module,
     /// Its name as a header value.
     pub module_name: &'a HeaderValue,
     /// The token's extension name as a header value.
     pub extension_name: &'a HeaderValue,
-    /// The token.
-    pub entry: &'a AuthEntry,
-    /// The normalised path.
-    pub path: &'a str,
-    /// The client connection.
-    pub conn: &'a ConnInfo,
-    /// The request id (the client's if sane, else generated).
-    pub request_id: &'a HeaderValue,
 }
 
-/// Sends the request to the module's upstream and returns its response, streamed.
-pub async fn forward(
-    upstreams: &Upstreams,
-    f: Forward<'_>,
+/// Builds the upstream request from the client's (SPEC §2 "To the upstream"): 413
+/// early when the declared body is too large, the normalised path with the query as
+/// sent, the module's upstream as the target, HTTP/1.1, the header policy of
+/// [`filter_request_headers`], and the body wrapped to stop at `max_body_bytes`.
+pub fn upstream_request_filter(
     req: Request<Incoming>,
-) -> Result<Response<ResBody>, ApiError> {
-    let module = f.module;
+    path: &str,
+    peer: &Peer<'_>,
+    entry: &AuthEntry,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+) -> Result<Request<LimitedBody>, ApiError> {
+    let module = peer.module;
     let (mut parts, body) = req.into_parts();
-
-    // 413 early when the declared length is already too much.
-    if let Some(len) = parts.headers.get(CONTENT_LENGTH) {
-        match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
-            Some(n) if n > module.max_body_bytes => {
-                return Err(ApiError::BodyTooLarge(module.max_body_bytes));
-            }
-            Some(_) => {}
-            None => return Err(ApiError::Malformed("invalid Content-Length".into())),
-        }
-    }
-
+    check_declared_length(&parts.headers, module.max_body_bytes)?;
     // What the client called us by, before headers are rewritten.
     let client_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -158,104 +145,174 @@ pub async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    parts.uri = upstream_uri(module, path, parts.uri.query())?;
+    // The pool speaks HTTP/1.1 upstream whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    let policy = HeaderPolicy {
+        forward_authorization: module.forward_authorization,
+        preserve_host: module.preserve_host,
+        upstream_host: &module.upstream.host_header,
+        client_host,
+        request_id,
+        token_id: token_id_header(entry),
+        extension: peer.extension_name,
+        module: peer.module_name,
+        external_id: entry.external_id.as_deref(),
+        client_ip: &conn.remote_ip,
+        tls: conn.tls,
+    };
+    filter_request_headers(&mut parts.headers, policy);
+    let body = LimitedBody {
+        inner: body,
+        remaining: module.max_body_bytes,
+        exceeded: Arc::new(AtomicBool::new(false)),
+    };
+    Ok(Request::from_parts(parts, body))
+}
 
-    let query = parts.uri.query();
-    let mut pq = String::with_capacity(f.path.len() + query.map_or(0, |q| q.len() + 1));
-    pq.push_str(f.path);
+/// 413 when `Content-Length` already says the body is over `max`; 400 when it is not
+/// a number.
+fn check_declared_length(h: &http::HeaderMap, max: u64) -> Result<(), ApiError> {
+    let Some(len) = h.get(CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+        Some(n) if n > max => Err(ApiError::BodyTooLarge(max)),
+        Some(_) => Ok(()),
+        None => Err(ApiError::Malformed("invalid Content-Length".into())),
+    }
+}
+
+/// `scheme://upstream/<normalised path>?<query as sent>`.
+fn upstream_uri(module: &Module, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+    let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(path);
     if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);
     }
     let path_and_query = PathAndQuery::try_from(pq)
         .map_err(|_| ApiError::Malformed("the request target is not valid".into()))?;
-    let scheme = if module.upstream.https {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if module.upstream.https {
         Scheme::HTTPS
     } else {
         Scheme::HTTP
-    };
-    let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(scheme);
-    uri_parts.authority = Some(module.upstream.authority.clone());
-    uri_parts.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri_parts).map_err(|_| ApiError::Internal)?;
-    // The pool speaks HTTP/1.1 upstream whatever the client spoke.
-    parts.version = Version::HTTP_11;
+    });
+    uri.authority = Some(module.upstream.authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    Uri::from_parts(uri).map_err(|_| ApiError::Internal)
+}
 
-    let h = &mut parts.headers;
+/// What the upstream request's headers are made of besides the client's.
+pub struct HeaderPolicy<'a> {
+    /// Keep the client's `Authorization`.
+    pub forward_authorization: bool,
+    /// Keep the client's `Host` (when it sent one).
+    pub preserve_host: bool,
+    /// The upstream's `Host`.
+    pub upstream_host: &'a HeaderValue,
+    /// What the client called us by (`Host`, or the HTTP/2 authority).
+    pub client_host: Option<HeaderValue>,
+    /// `X-Request-Id`.
+    pub request_id: &'a HeaderValue,
+    /// `X-Keygate-Token-Id`.
+    pub token_id: HeaderValue,
+    /// `X-Keygate-Extension`.
+    pub extension: &'a HeaderValue,
+    /// `X-Keygate-Module`.
+    pub module: &'a HeaderValue,
+    /// `X-Keygate-External-Id`, when the token has one.
+    pub external_id: Option<&'a str>,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub client_ip: &'a HeaderValue,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+/// The request header policy of SPEC §2: hop-by-hop and `x-keygate-*` headers out,
+/// `Authorization` out unless forwarded, then keygate's own headers in.
+pub fn filter_request_headers(h: &mut http::HeaderMap, p: HeaderPolicy<'_>) {
     headers::strip_hop_by_hop(h);
     headers::strip_keygate(h);
-    if !module.forward_authorization {
+    if !p.forward_authorization {
         h.remove(AUTHORIZATION);
     }
     // After the hop-by-hop strip, so `Connection: x-request-id` cannot remove it.
-    h.insert(X_REQUEST_ID, f.request_id.clone());
-    h.insert(X_KEYGATE_TOKEN_ID, token_id_header(f.entry));
-    h.insert(X_KEYGATE_EXTENSION, f.extension_name.clone());
-    h.insert(X_KEYGATE_MODULE, f.module_name.clone());
-    if let Some(v) = f
-        .entry
-        .external_id
-        .as_deref()
-        .and_then(|e| HeaderValue::from_str(e).ok())
-    {
+    h.insert(X_REQUEST_ID, p.request_id.clone());
+    h.insert(X_KEYGATE_TOKEN_ID, p.token_id);
+    h.insert(X_KEYGATE_EXTENSION, p.extension.clone());
+    h.insert(X_KEYGATE_MODULE, p.module.clone());
+    if let Some(v) = p.external_id.and_then(|e| HeaderValue::from_str(e).ok()) {
         h.insert(X_KEYGATE_EXTERNAL_ID, v);
     }
-    append_forwarded_for(h, f.conn);
+    append_forwarded_for(h, p.client_ip);
     h.insert(
         X_FORWARDED_PROTO,
-        HeaderValue::from_static(if f.conn.tls { "https" } else { "http" }),
+        HeaderValue::from_static(if p.tls { "https" } else { "http" }),
     );
-    match &client_host {
-        Some(host) => {
-            h.insert(X_FORWARDED_HOST, host.clone());
-        }
-        None => {
-            h.remove(X_FORWARDED_HOST);
-        }
-    }
-    if !(module.preserve_host && client_host.is_some()) {
-        h.insert(HOST, module.upstream.host_header.clone());
-    } else if let Some(host) = client_host {
-        h.insert(HOST, host);
-    }
-
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let body = LimitedBody {
-        inner: body,
-        remaining: module.max_body_bytes,
-        exceeded: Arc::clone(&exceeded),
+    match &p.client_host {
+        Some(host) => h.insert(X_FORWARDED_HOST, host.clone()),
+        None => h.remove(X_FORWARDED_HOST),
     };
-    let req = Request::from_parts(parts, body);
+    let host = match p.client_host {
+        Some(client) if p.preserve_host => client,
+        _ => p.upstream_host.clone(),
+    };
+    h.insert(HOST, host);
+}
 
-    let res = match tokio::time::timeout(module.timeout, upstreams.pool(module).request(req)).await
-    {
-        Err(_) => return Err(ApiError::UpstreamTimeout),
+/// Sends the request to the module's upstream and waits for its response head, for at
+/// most the module's timeout. Failures answer 502/504 (413 when the body passed the
+/// limit while streaming).
+pub async fn send(
+    upstreams: &Upstreams,
+    module: &Module,
+    req: Request<LimitedBody>,
+) -> Result<Response<Incoming>, ApiError> {
+    let exceeded = Arc::clone(&req.body().exceeded);
+    let answer = tokio::time::timeout(module.timeout, upstreams.pool(module).request(req)).await;
+    match answer {
+        Err(_) => Err(ApiError::Upstream(UpstreamFailure::Timeout)),
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+            Err(ApiError::BodyTooLarge(module.max_body_bytes))
+        }
         Ok(Err(e)) => {
-            if exceeded.load(Ordering::Relaxed) {
-                return Err(ApiError::BodyTooLarge(module.max_body_bytes));
-            }
             let kind = if e.is_connect() {
                 UpstreamFailure::Connect
             } else {
                 UpstreamFailure::Protocol
             };
-            match tls_failure(&e) {
-                Some(tls) => tracing::warn!(
-                    module = %module.name, kind = kind.as_str(), tls_error = %tls,
-                    error = %error_chain(&e),
-                    "TLS handshake with the upstream failed (certificate not trusted? check the module's ca_file)"
-                ),
-                None => {
-                    tracing::warn!(module = %module.name, kind = kind.as_str(), error = %error_chain(&e), "upstream request failed")
-                }
-            }
-            return Err(ApiError::UpstreamUnavailable(kind));
+            log_failure(module, kind, &e);
+            Err(ApiError::Upstream(kind))
         }
-        Ok(Ok(res)) => res,
-    };
+    }
+}
+
+fn log_failure(module: &Module, kind: UpstreamFailure, e: &hyper_util::client::legacy::Error) {
+    match tls_failure(e) {
+        Some(tls) => tracing::warn!(
+            module = %module.name, kind = kind.as_str(), tls_error = %tls,
+            error = %error_chain(e),
+            "TLS handshake with the upstream failed (certificate not trusted? check the module's ca_file)"
+        ),
+        None => tracing::warn!(
+            module = %module.name, kind = kind.as_str(), error = %error_chain(e),
+            "upstream request failed"
+        ),
+    }
+}
+
+/// The upstream's response as the client gets it: hop-by-hop headers removed, in the
+/// client's HTTP version (the version is hop-by-hop, RFC 9110 §6.2: an HTTP/1.0
+/// upstream does not make a keep-alive HTTP/1.1 client connection close), body and
+/// trailers streamed.
+pub fn response_filter(res: Response<Incoming>, client_version: Version) -> Response<ResBody> {
     let (mut parts, body) = res.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Either::Right(body)))
+    parts.version = client_version;
+    Response::from_parts(parts, Either::Right(body))
 }
 
 fn token_id_header(entry: &AuthEntry) -> HeaderValue {
@@ -264,10 +321,10 @@ fn token_id_header(entry: &AuthEntry) -> HeaderValue {
 }
 
 /// Appends the client address to `X-Forwarded-For` (joining earlier lines).
-fn append_forwarded_for(h: &mut http::HeaderMap, conn: &ConnInfo) {
+fn append_forwarded_for(h: &mut http::HeaderMap, client_ip: &HeaderValue) {
     if !h.contains_key(X_FORWARDED_FOR) {
         // The common case: no proxy in front; the per-connection value, no allocation.
-        h.insert(X_FORWARDED_FOR, conn.remote_ip.clone());
+        h.insert(X_FORWARDED_FOR, client_ip.clone());
         return;
     }
     let mut joined = String::new();
@@ -282,7 +339,7 @@ fn append_forwarded_for(h: &mut http::HeaderMap, conn: &ConnInfo) {
     if !joined.is_empty() {
         joined.push_str(", ");
     }
-    joined.push_str(conn.remote_ip.to_str().unwrap_or("unknown"));
+    joined.push_str(client_ip.to_str().unwrap_or("unknown"));
     if let Ok(v) = HeaderValue::from_str(&joined) {
         h.insert(X_FORWARDED_FOR, v);
     }
@@ -356,5 +413,168 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Module settings and client facts of one case.
+    #[derive(Clone, Copy, Default)]
+    struct Case {
+        forward_authorization: bool,
+        preserve_host: bool,
+        tls: bool,
+        external_id: Option<&'static str>,
+    }
+
+    fn filtered(input: &[(&str, &str)], c: Case) -> Vec<(String, String)> {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in input {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let client_host = h.get(HOST).cloned();
+        let v = HeaderValue::from_static;
+        filter_request_headers(
+            &mut h,
+            HeaderPolicy {
+                forward_authorization: c.forward_authorization,
+                preserve_host: c.preserve_host,
+                upstream_host: &v("up:7001"),
+                client_host,
+                request_id: &v("rid-1"),
+                token_id: v("SU-000-000-001"),
+                extension: &v("zapier"),
+                module: &v("agreements"),
+                external_id: c.external_id,
+                client_ip: &v("192.0.2.7"),
+                tls: c.tls,
+            },
+        );
+        let mut out: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The headers keygate always adds, for a client that sent `host: gw`.
+    fn added(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [
+            ("host", "up:7001"),
+            ("x-forwarded-for", "192.0.2.7"),
+            ("x-forwarded-host", "gw"),
+            ("x-forwarded-proto", "http"),
+            ("x-keygate-extension", "zapier"),
+            ("x-keygate-module", "agreements"),
+            ("x-keygate-token-id", "SU-000-000-001"),
+            ("x-request-id", "rid-1"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        // A later entry for a name replaces the earlier one.
+        v.reverse();
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|(k, _)| seen.insert(k.clone()));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn upstream_request_header_table() {
+        let plain = Case::default();
+        type Row<'a> = (&'a [(&'a str, &'a str)], Case, Vec<(String, String)>);
+        let rows: Vec<Row> = vec![
+            // Authorization is removed unless the module forwards it.
+            (
+                &[
+                    ("host", "gw"),
+                    ("authorization", "ApiKey x:y"),
+                    ("accept", "*/*"),
+                ],
+                plain,
+                added(&[("accept", "*/*")]),
+            ),
+            (
+                &[("host", "gw"), ("authorization", "ApiKey x:y")],
+                Case {
+                    forward_authorization: true,
+                    ..plain
+                },
+                added(&[("authorization", "ApiKey x:y")]),
+            ),
+            // Spoofed x-keygate-* and hop-by-hop headers go; a Connection line cannot
+            // remove keygate's own headers.
+            (
+                &[
+                    ("host", "gw"),
+                    ("x-keygate-token-id", "SU-999-999-999"),
+                    ("x-keygate-whatever", "1"),
+                    ("connection", "x-request-id, x-a"),
+                    ("x-a", "1"),
+                    ("keep-alive", "5"),
+                    ("te", "trailers"),
+                ],
+                plain,
+                added(&[("te", "trailers")]),
+            ),
+            // The client's request id is replaced by the one chosen for the request.
+            (
+                &[("host", "gw"), ("x-request-id", "client-id")],
+                plain,
+                added(&[]),
+            ),
+            // X-Forwarded-For: earlier lines joined, the client appended.
+            (
+                &[
+                    ("host", "gw"),
+                    ("x-forwarded-for", "10.0.0.1"),
+                    ("x-forwarded-for", "10.0.0.2"),
+                ],
+                plain,
+                added(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2, 192.0.2.7")]),
+            ),
+            // preserve_host keeps the client's Host; TLS shows in X-Forwarded-Proto.
+            (
+                &[("host", "gw")],
+                Case {
+                    preserve_host: true,
+                    tls: true,
+                    ..plain
+                },
+                added(&[("host", "gw"), ("x-forwarded-proto", "https")]),
+            ),
+            (
+                &[("host", "gw")],
+                Case {
+                    external_id: Some("ext-42"),
+                    ..plain
+                },
+                added(&[("x-keygate-external-id", "ext-42")]),
+            ),
+        ];
+        for (input, case, want) in rows {
+            assert_eq!(filtered(input, case), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_client_host_the_upstream_host_is_used_even_when_preserved() {
+        let got = filtered(
+            &[("x-forwarded-host", "spoofed")],
+            Case {
+                preserve_host: true,
+                ..Case::default()
+            },
+        );
+        assert!(got.contains(&("host".into(), "up:7001".into())), "{got:?}");
+        assert!(!got.iter().any(|(k, _)| k == "x-forwarded-host"), "{got:?}");
     }
 }

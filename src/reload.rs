@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
-use crate::gateway::{Runtime, Shared};
+use crate::state::{Runtime, Shared};
 use crate::tls::{self, ServerTls};
 
 /// Reloads a running gateway's configuration. Cheap to clone.

@@ -110,23 +110,7 @@ pub async fn serve<H, F, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The watchdog keeps the head timeout (hyper's would also cut idle keep-alive).
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        // PINGs find dead peers; closing idle ones is the watchdog's job.
-        .keep_alive_interval(Some(limits.idle_timeout))
-        .keep_alive_timeout(limits.header_read_timeout)
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(connection_builder(&limits));
     // Semaphore permits are u32 when taken all at once (the drain below).
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
@@ -203,6 +187,27 @@ pub async fn serve<H, F, B>(
         tracing::warn!(listener = ?local, "drain deadline passed; closing remaining connections");
         let _ = phase_tx.send(Phase::Closing);
     }
+}
+
+/// The HTTP/1.1 + HTTP/2 connection builder with `limits` applied.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The watchdog keeps the head timeout (hyper's would also cut idle keep-alive).
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // PINGs find dead peers; closing idle ones is the watchdog's job.
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_concurrent_streams(256);
+    builder
 }
 
 /// What one connection task needs.

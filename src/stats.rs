@@ -29,7 +29,6 @@ use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use jiff::Timestamp;
 
-use crate::gateway::Shared;
 use crate::metrics::{Class, ClassChildren, Metrics, ModuleMetrics};
 use crate::store::{BatchId, ClassCounts, Store, StoreResult};
 use crate::token::TokenId;
@@ -550,78 +549,88 @@ fn merge(
     }
 }
 
-/// Prunes, then flushes every `flush_interval` and prunes once per UTC day until
-/// `stop` turns true.
-/// The final flush is the caller's ([`final_flush`]), after the listeners drained.
-pub async fn run_flusher(
-    shared: Arc<Shared>,
-    interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut pruned_day = None;
-    prune_daily(&shared, &mut pruned_day).await;
-    // The first flush one interval after start, not at once.
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => break,
-        }
-        match shared.stats.flush(&shared.store).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("statistics flush works again");
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "statistics flush failed; counts kept in memory");
-            }
-            Err(_) => {}
-        }
-        // A flush with nothing to write succeeds without asking a shared store, so its
-        // health counts too.
-        shared
-            .metrics
-            .set_store_up(!failing && shared.store.accepts_reads());
-        prune_daily(&shared, &mut pruned_day).await;
-    }
+/// What the flusher works on: the counters, the store they go to, and how many days
+/// the store keeps (restart-only, so a value, not read from the live configuration).
+pub struct Flusher {
+    /// The counters.
+    pub stats: Arc<Stats>,
+    /// The store.
+    pub store: Store,
+    /// `stats.retention_days`.
+    pub retention_days: u32,
 }
 
-async fn prune_daily(shared: &Shared, pruned_day: &mut Option<i32>) {
-    let today = shared.stats.today();
-    if *pruned_day == Some(today) {
-        return;
-    }
-    let retention = shared.runtime.load().config.stats.retention_days;
-    match shared.stats.prune(&shared.store, retention).await {
-        Ok(removed) => {
-            *pruned_day = Some(today);
-            tracing::debug!(removed, retention, "pruned old statistics");
-        }
-        Err(e) => tracing::warn!(error = %e, "pruning old statistics failed"),
-    }
-}
-
-/// The shutdown flush: a few tries, then the counts still in memory are reported lost.
-pub async fn final_flush(shared: &Shared) {
-    const TRIES: u32 = 3;
-    for attempt in 1..=TRIES {
-        match shared.stats.flush(&shared.store).await {
-            Ok(()) => {
-                prune_daily(shared, &mut None).await;
-                return;
+impl Flusher {
+    /// Prunes, then flushes every `interval` and prunes once per UTC day until `stop`
+    /// turns true. The final flush is the caller's ([`Flusher::final_flush`]), after
+    /// the listeners drained.
+    pub async fn run(&self, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut pruned_day = None;
+        self.prune_daily(&mut pruned_day).await;
+        // The first flush one interval after start, not at once.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
             }
-            Err(e) if attempt == TRIES => tracing::error!(
-                error = %e,
-                lost = shared.stats.unflushed(),
-                "final statistics flush failed; these request counts are lost"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "final statistics flush failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            match self.stats.flush(&self.store).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("statistics flush works again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "statistics flush failed; counts kept in memory");
+                }
+                Err(_) => {}
+            }
+            // A flush with nothing to write succeeds without asking a shared store, so
+            // its health counts too.
+            self.stats
+                .metrics
+                .set_store_up(!failing && self.store.accepts_reads());
+            self.prune_daily(&mut pruned_day).await;
+        }
+    }
+
+    async fn prune_daily(&self, pruned_day: &mut Option<i32>) {
+        let today = self.stats.today();
+        if *pruned_day == Some(today) {
+            return;
+        }
+        let retention = self.retention_days;
+        match self.stats.prune(&self.store, retention).await {
+            Ok(removed) => {
+                *pruned_day = Some(today);
+                tracing::debug!(removed, retention, "pruned old statistics");
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning old statistics failed"),
+        }
+    }
+
+    /// The shutdown flush: a few tries, then the counts still in memory are reported
+    /// lost.
+    pub async fn final_flush(&self) {
+        const TRIES: u32 = 3;
+        for attempt in 1..=TRIES {
+            match self.stats.flush(&self.store).await {
+                Ok(()) => {
+                    self.prune_daily(&mut None).await;
+                    return;
+                }
+                Err(e) if attempt == TRIES => tracing::error!(
+                    error = %e,
+                    lost = self.stats.unflushed(),
+                    "final statistics flush failed; these request counts are lost"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "final statistics flush failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
     }

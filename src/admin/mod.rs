@@ -9,7 +9,6 @@ pub mod stats;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -19,11 +18,11 @@ use jiff::Timestamp;
 
 use crate::auth;
 use crate::config::ADMIN_MODULE;
-use crate::error::{ApiError, Source};
-use crate::gateway::{Runtime, Shared};
-use crate::headers::{self, X_REQUEST_ID};
+use crate::error::ApiError;
+use crate::logging::{Exchange, Line};
 use crate::server::ConnInfo;
-use crate::token::Token;
+use crate::state::{Runtime, Shared};
+use crate::token::{Token, TokenId};
 use crate::tokens::Tokens;
 
 /// Largest admin request body (SPEC §4); larger ones answer 413 `VALIDATION`.
@@ -164,7 +163,7 @@ pub struct Ctx<'a> {
     /// The current configuration generation.
     pub rt: &'a Runtime,
     /// Token operations.
-    pub tokens: Tokens,
+    pub tokens: &'a Tokens,
     /// The caller.
     pub caller: Caller,
     /// The request time.
@@ -180,58 +179,34 @@ pub async fn handle(
     if let Some(res) = console::serve(&req) {
         return res;
     }
-    let started = Instant::now();
-    let request_id =
-        headers::client_request_id(req.headers()).unwrap_or_else(|| shared.request_ids.next());
+    let exchange = Exchange::begin(req.method(), req.headers(), &shared.request_ids);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut actor = None;
-
-    let (mut res, error) = match process(&shared, req, &mut actor).await {
-        Ok(res) => (res, None),
-        Err(e) => {
-            let mut res = e.to_response();
-            if e == ApiError::MethodNotAllowed
-                && let Ok(v) = HeaderValue::from_str(&allowed(&path))
-            {
-                res.headers_mut().insert(header::ALLOW, v);
-            }
-            (res, Some(e))
-        }
-    };
-    res.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-
-    let status = res.status().as_u16();
-    let latency_us = started.elapsed().as_micros() as u64;
-    let request_id = request_id.to_str().unwrap_or("-");
-    let token = actor.map(|t: crate::token::TokenId| t.to_string());
-    let token = token.as_deref().unwrap_or("-");
+    let result = process(&shared, req, &mut actor).await;
     // Log the path only when it is a known route, so log lines stay bounded and clean.
-    let path = if resolve(&method, &path).is_ok() {
-        path.get(..MAX_LOGGED_PATH).unwrap_or(&path)
-    } else {
-        "-"
+    let logged_path = match resolve(&method, &path) {
+        Ok(_) => Some(path.get(..MAX_LOGGED_PATH).unwrap_or(&path)),
+        Err(_) => None,
     };
-    match error.as_ref().map(|e| (e, e.parts().2)) {
-        Some((e, Source::Upstream | Source::Internal)) => tracing::warn!(
-            request_id, token, method = %method, path, status, latency_us,
-            error_code = e.code(), "admin request"
-        ),
-        Some((e, Source::Client)) => tracing::info!(
-            request_id, token, method = %method, path, status, latency_us,
-            error_code = e.code(), "admin request"
-        ),
-        None => tracing::info!(
-            request_id, token, method = %method, path, status, latency_us, "admin request"
-        ),
+    let line = Line {
+        token: actor,
+        module: None,
+        path: logged_path,
+    };
+    let mut finished = exchange.finish(result, |b| b, "admin request", line);
+    if finished.error == Some(ApiError::MethodNotAllowed)
+        && let Ok(v) = HeaderValue::from_str(&allowed(&path))
+    {
+        finished.response.headers_mut().insert(header::ALLOW, v);
     }
-    res
+    finished.response
 }
 
 async fn process(
     shared: &Shared,
     req: Request<Incoming>,
-    actor: &mut Option<crate::token::TokenId>,
+    actor: &mut Option<TokenId>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let (op, id) = resolve(req.method(), req.uri().path())?;
     let id = id.map(str::to_string);
@@ -252,20 +227,19 @@ async fn process(
     }
 
     let rt = shared.runtime.load_full();
-    let tokens = Tokens::new(shared.store.clone(), Arc::clone(&shared.cache));
-    let caller = authenticate(shared, &rt, &tokens, &req).await?;
+    let caller = authenticate(shared, &rt, &req).await?;
     *actor = Some(caller.token.id);
     let query = req.uri().query().map(str::to_string);
     if op == Op::Stats {
         let id = id.unwrap_or_default();
-        let id = crate::token::TokenId::parse(id.as_bytes())
+        let id = TokenId::parse(id.as_bytes())
             .ok_or_else(|| ApiError::TokenNotFound(id.chars().take(64).collect()))?;
-        return stats::token_stats(shared, id, query.as_deref()).await;
+        return stats::token_stats(shared, &rt, id, query.as_deref()).await;
     }
     let body = read_body(req).await?;
     let ctx = Ctx {
         rt: &rt,
-        tokens,
+        tokens: &shared.tokens,
         caller,
         now: Timestamp::now(),
     };
@@ -276,14 +250,13 @@ async fn process(
 async fn authenticate(
     shared: &Shared,
     rt: &Runtime,
-    tokens: &Tokens,
     req: &Request<Incoming>,
 ) -> Result<Caller, ApiError> {
     let entry = auth::authenticate(req.headers(), &shared.cache, &shared.store, &rt.config).await?;
     auth::check_usable(&entry, Timestamp::now().as_second())?;
     // The cache entry proves the secret; the stored token carries the permission names
     // (`integrations` need not be a configured module, so the PermSet cannot tell).
-    let token = match tokens.get(entry.id).await {
+    let token = match shared.tokens.get(entry.id).await {
         Ok(t) => t,
         // Deleted between the cache check and now.
         Err(ApiError::TokenNotFound(_)) => return Err(ApiError::AuthInvalid),

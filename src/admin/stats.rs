@@ -6,8 +6,8 @@ use http_body_util::Full;
 
 use super::json_bytes;
 use crate::error::ApiError;
-use crate::gateway::Shared;
 use crate::metrics::Class;
+use crate::state::{Runtime, Shared};
 use crate::store::day_from_number;
 use crate::token::TokenId;
 
@@ -20,10 +20,11 @@ pub const DEFAULT_DAYS: u32 = 30;
 /// `error_code` like every other admin error.
 pub async fn token_stats(
     shared: &Shared,
+    rt: &Runtime,
     id: TokenId,
     query: Option<&str>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let retention = shared.runtime.load().config.stats.retention_days;
+    let retention = rt.config.stats.retention_days;
     let days = parse_days(query, retention)?;
     match shared.store.get(id).await {
         Ok(Some(_)) => {}

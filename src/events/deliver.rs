@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 
 use super::config::{MAX_RETRY_INTERVAL, Webhook, WebhookSecret};
 use super::{payload, type_of};
-use crate::gateway::Shared;
+use crate::state::Shared;
 use crate::store::{Event, HookState, Store};
 use crate::tls::{self, Trust};
 use crate::token::TokenId;

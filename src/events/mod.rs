@@ -20,7 +20,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::admin::tokens::{TokenView, rfc3339};
-use crate::gateway::Shared;
+use crate::state::Shared;
 use crate::store::{Event, EventWrite, Once, Store, StoreResult};
 use crate::token::{Token, TokenId};
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 
-use super::{RedisStore, redis::OP_TIMEOUT};
-use crate::gateway::Shared;
+use super::{RedisStore, Store, TokenCache, redis::OP_TIMEOUT};
+use crate::config::Config;
 use crate::token::TokenId;
 
 /// How often every cached token is re-read.
@@ -31,8 +31,19 @@ const REVALIDATE_CONCURRENCY: usize = 32;
 /// Longest pause between subscription attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What the sync task keeps coherent: this instance's cache of the shared store, with
+/// entries built against the configuration current at the time.
+pub struct Follower {
+    /// The cache.
+    pub cache: Arc<TokenCache>,
+    /// The (Redis) store.
+    pub store: Store,
+    /// The current configuration generation.
+    pub config: Box<dyn Fn() -> Arc<Config> + Send + Sync>,
+}
+
 /// Runs the subscriber, the refresher and the health check until `stop` resolves.
-pub async fn run(shared: Arc<Shared>, redis: Arc<RedisStore>, stop: impl Future<Output = ()>) {
+pub async fn run(shared: Arc<Follower>, redis: Arc<RedisStore>, stop: impl Future<Output = ()>) {
     tokio::select! {
         _ = subscriber(&shared, &redis) => {}
         _ = refresher(&shared) => {}
@@ -41,7 +52,7 @@ pub async fn run(shared: Arc<Shared>, redis: Arc<RedisStore>, stop: impl Future<
     }
 }
 
-async fn subscriber(shared: &Shared, redis: &RedisStore) {
+async fn subscriber(shared: &Arc<Follower>, redis: &RedisStore) {
     let urls = redis.pubsub_urls();
     let mut node = 0usize;
     let mut backoff = Duration::from_millis(50);
@@ -79,7 +90,7 @@ async fn subscribe(url: &str, channel: &str) -> Result<(PubSubSink, PubSubStream
 }
 
 /// Applies announcements until the connection is lost.
-async fn listen(shared: &Shared, mut sink: PubSubSink, mut stream: PubSubStream) {
+async fn listen(shared: &Arc<Follower>, mut sink: PubSubSink, mut stream: PubSubStream) {
     let mut ping = tokio::time::interval(SUBSCRIPTION_PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,31 +116,30 @@ async fn listen(shared: &Shared, mut sink: PubSubSink, mut stream: PubSubStream)
 
 /// Token `id` changed somewhere: drop it now, and re-read it if it was cached (so the
 /// next request does not wait for the store).
-fn changed(shared: &Shared, id: TokenId) {
+fn changed(shared: &Arc<Follower>, id: TokenId) {
     let cached = shared.cache.get(id).is_some();
     shared.cache.remove(id);
     if !cached {
         return;
     }
-    let cache = Arc::clone(&shared.cache);
-    let store = shared.store.clone();
-    let runtime = shared.runtime.load_full();
+    let f = Arc::clone(shared);
+    let config = (f.config)();
     tokio::spawn(async move {
-        let started = cache.read_started();
-        if let Ok(Some(token)) = store.get(id).await {
-            cache.fill_token(&token, &runtime.config, started);
+        let started = f.cache.read_started();
+        if let Ok(Some(token)) = f.store.get(id).await {
+            f.cache.fill_token(&token, &config, started);
         }
     });
 }
 
 /// Re-reads every cached token; an entry is only dropped when the store says the
 /// token is gone, never because the store failed to answer.
-pub async fn revalidate(shared: &Shared) {
+pub async fn revalidate(shared: &Follower) {
     let ids = shared.cache.ids();
-    let runtime = shared.runtime.load_full();
+    let config = (shared.config)();
     futures_util::stream::iter(ids)
         .for_each_concurrent(REVALIDATE_CONCURRENCY, |id| {
-            let runtime = &runtime;
+            let config = &config;
             async move {
                 if !shared.store.accepts_reads() {
                     return;
@@ -137,7 +147,7 @@ pub async fn revalidate(shared: &Shared) {
                 let started = shared.cache.read_started();
                 match shared.store.get(id).await {
                     Ok(Some(token)) => {
-                        shared.cache.fill_token(&token, &runtime.config, started);
+                        shared.cache.fill_token(&token, config, started);
                     }
                     Ok(None) => shared.cache.remove(id),
                     Err(_) => {}
@@ -149,14 +159,14 @@ pub async fn revalidate(shared: &Shared) {
 
 /// Pauses [`REFRESH_INTERVAL`] between passes (not between starts), so a large cache
 /// costs at most half of one connection's read capacity instead of all of it.
-async fn refresher(shared: &Shared) {
+async fn refresher(shared: &Follower) {
     loop {
         tokio::time::sleep(REFRESH_INTERVAL).await;
         revalidate(shared).await;
     }
 }
 
-async fn health(shared: &Shared) {
+async fn health(shared: &Follower) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

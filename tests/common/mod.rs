@@ -226,7 +226,7 @@ pub struct TestGateway {
     pub config: Config,
     pub dir: tempfile::TempDir,
     /// The gateway's shared state (statistics, metrics, store).
-    pub shared: Arc<keygate::gateway::Shared>,
+    pub shared: Arc<keygate::state::Shared>,
     /// Re-reads `config_path()` (what SIGHUP does).
     pub reload: keygate::ReloadHandle,
     stop: Option<oneshot::Sender<()>>,

@@ -1,0 +1,111 @@
+//! The state every request shares, and what one configuration generation derives.
+//!
+//! This module only holds state; it calls nothing that calls back into it. The request
+//! paths (`gateway`, `admin`), the reload handle, the statistics flusher and the store
+//! sync task borrow what they use from here (the last two take their parts, not
+//! [`Shared`]), so the module graph has no cycle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, ModuleMetrics};
+use crate::proxy::Upstreams;
+use crate::routes::RouteTable;
+use crate::stats::Stats;
+use crate::store::{Store, TokenCache};
+use crate::tokens::Tokens;
+
+/// What one configuration generation derives: swapped whole on reload, so a request
+/// keeps the generation it started with.
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Prefix → module index.
+    pub routes: RouteTable,
+    /// Module names as header values, by module index.
+    pub module_names: Vec<HeaderValue>,
+    /// Extension names as header values, by extension index.
+    pub extension_names: Vec<HeaderValue>,
+    /// Upstream clients.
+    pub upstreams: Upstreams,
+    /// Metric children of this generation's modules, made on first use.
+    module_metrics: OnceLock<Arc<ModuleMetrics>>,
+}
+
+impl Runtime {
+    /// Derives the runtime tables and upstream clients from `config`; fails when an
+    /// upstream's TLS trust cannot be set up (unreadable `ca_file`, no system roots).
+    pub fn new(config: Config) -> Result<Runtime, String> {
+        let header =
+            |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("invalid"));
+        Ok(Runtime {
+            routes: config.route_table(),
+            module_names: config.modules.iter().map(|m| header(&m.name)).collect(),
+            extension_names: config.extensions.iter().map(|e| header(&e.name)).collect(),
+            upstreams: Upstreams::new(&config)?,
+            module_metrics: OnceLock::new(),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The metric children of this generation's modules.
+    pub fn module_metrics(&self, metrics: &Metrics) -> &Arc<ModuleMetrics> {
+        self.module_metrics
+            .get_or_init(|| Arc::new(metrics.modules(&self.config)))
+    }
+}
+
+/// State shared by every request on both listeners.
+pub struct Shared {
+    /// The current configuration generation.
+    pub runtime: ArcSwap<Runtime>,
+    /// The token store.
+    pub store: Store,
+    /// The token cache.
+    pub cache: Arc<TokenCache>,
+    /// Token operations on `store`, keeping `cache` current.
+    pub tokens: Tokens,
+    /// Request id generator.
+    pub request_ids: RequestIds,
+    /// Per-token day counters.
+    pub stats: Arc<Stats>,
+    /// The Prometheus registry.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// The configuration of the current generation (what the store sync task reads).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.runtime.load().config)
+    }
+}
+
+/// Generates request ids: a random per-process prefix and a counter (unique, cheap).
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        RequestIds {
+            prefix: u64::from_le_bytes(b),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// The next id, e.g. `5f0c1e9a2b7d4c3e-1a`.
+    pub fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let s = format!("{:016x}-{n:x}", self.prefix);
+        HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown"))
+    }
+}
