@@ -895,6 +895,11 @@ async fn stats_errors_are_logged_with_error_code_and_answers_are_not_cached() {
     let gw = spawn_gateway(&agreements(&up, "")).await;
     let (id, _) = gw.token(&["agreements"]).await;
     let missing = TokenId::new(999_999_998).unwrap();
+    // The request log line is one callsite for both listeners, so a test running in
+    // parallel without a subscriber may register it first, racing `set_default` above;
+    // once it is registered (this request), recompute its interest with ours in place.
+    get(&gw.admin_url("/healthz"), None).await;
+    tracing::callsite::rebuild_interest_cache();
     for (path, status, code) in [
         (format!("/v1/tokens/{id}/stats?days=0"), 400, "VALIDATION"),
         (
