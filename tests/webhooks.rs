@@ -821,3 +821,54 @@ async fn measure_delivery_latency() {
         gw.stop().await;
     }
 }
+
+/// The scan raises an expiry event once; scanning again, or after a restart (a fresh
+/// memory), writes nothing: the marker is in the store.
+#[tokio::test]
+async fn scan_raises_each_expiry_event_once_across_restarts() {
+    let gw = spawn_gateway(&base_toml("scan_interval = \"1h\"")).await;
+    let now = jiff::Timestamp::now();
+    let past = jiff::Timestamp::from_second(now.as_second() - 5).unwrap();
+    let t = keygate::token::Token {
+        expires_at: Some(past),
+        ..keygate::token::Token::new(
+            "old",
+            &["a"],
+            keygate::token::Secret::generate().hash(),
+            past,
+        )
+    };
+    assert!(gw.shared.store.insert(&t).await.unwrap());
+    let store = &gw.shared.store;
+    let week = Duration::from_secs(7 * 86_400);
+    let mut raised = keygate::events::Raised::new();
+    assert_eq!(
+        keygate::events::scan(store, week, now, &mut raised)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        keygate::events::scan(store, week, now, &mut raised)
+            .await
+            .unwrap(),
+        0
+    );
+    let mut fresh = keygate::events::Raised::new();
+    assert_eq!(
+        keygate::events::scan(store, week, now, &mut fresh)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(fresh.len(), 1, "a store-side duplicate is remembered too");
+    let actions: Vec<String> = store
+        .events(t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["expired"]);
+    gw.stop().await;
+}

@@ -142,13 +142,45 @@ pub async fn quota_exceeded(
     Ok(store.raise(id, None, &[e]).await? > 0)
 }
 
+/// Expiry events this process has seen raised (token, marker, expiry): the scan does not
+/// ask the store again for them.
+pub type Raised = std::collections::HashSet<(TokenId, &'static str, String)>;
+
 /// Looks once for tokens that are expiring or expired and raises their events; returns
-/// how many were written. A token changed meanwhile is left to the next scan.
-pub async fn scan(store: &Store, before: Duration, now: Timestamp) -> StoreResult<usize> {
+/// how many were written. A token changed meanwhile is left to the next scan. `raised`
+/// remembers what is done (an expired token stays due forever).
+pub async fn scan(
+    store: &Store,
+    before: Duration,
+    now: Timestamp,
+    raised: &mut Raised,
+) -> StoreResult<usize> {
+    let tokens = store.list().await?;
+    let live: std::collections::HashSet<TokenId> = tokens.iter().map(|t| t.id).collect();
+    raised.retain(|(id, _, _)| live.contains(id));
     let mut written = 0;
-    for t in store.list().await? {
-        if let Some(e) = expiry_event(&t, now, before) {
-            written += store.raise(t.id, Some(t.version), &[e]).await?;
+    for t in tokens {
+        let Some(e) = expiry_event(&t, now, before) else {
+            continue;
+        };
+        let Some(once) = e.once.clone() else {
+            continue;
+        };
+        let key = (t.id, once.kind, once.value);
+        if raised.contains(&key) {
+            continue;
+        }
+        let n = store.raise(t.id, Some(t.version), &[e]).await?;
+        written += n;
+        // Written now, or found already written (by another instance, or before a
+        // restart); a version change leaves it for the next scan.
+        if n > 0
+            || store
+                .get(t.id)
+                .await?
+                .is_some_and(|c| c.version == t.version)
+        {
+            raised.insert(key);
         }
     }
     Ok(written)
@@ -157,9 +189,11 @@ pub async fn scan(store: &Store, before: Duration, now: Timestamp) -> StoreResul
 /// Scans every `[events] scan_interval` (read again after a reload) until `stop`.
 pub async fn run_scanner(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
+    let mut raised = Raised::new();
     loop {
         let events = shared.runtime.load().config.events.clone();
-        match scan(&shared.store, events.expiring_before, Timestamp::now()).await {
+        let now = Timestamp::now();
+        match scan(&shared.store, events.expiring_before, now, &mut raised).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(events = n, "raised expiry events"),
             Err(e) => tracing::warn!(error = %e, "expiry scan failed; trying again next interval"),

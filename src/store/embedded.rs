@@ -382,7 +382,12 @@ impl EmbeddedStore {
             }
         }
         let n = push_events(&txn, id, events)?;
-        txn.commit().map_err(unavailable)?;
+        if n == 0 {
+            // Raised before: nothing to make durable.
+            txn.abort().map_err(unavailable)?;
+        } else {
+            txn.commit().map_err(unavailable)?;
+        }
         Ok(n)
     }
 
