@@ -1,6 +1,8 @@
 //! The auth decision on a cache hit: header parse + cache lookup + secret verify +
 //! path normalisation + route lookup + permission check — the per-request work keygate
-//! does before forwarding. Run: `cargo bench --bench auth`.
+//! does before forwarding — for a token without policies and for one with two rate
+//! limits and an IP allow-list (SPEC §8; the embedded store's in-process limiter).
+//! Run: `cargo bench --bench auth`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -10,6 +12,7 @@ use http::{HeaderMap, HeaderValue};
 use jiff::Timestamp;
 use keygate::auth::{Presented, presented};
 use keygate::config::Config;
+use keygate::policy::{self, Access, Admission, Cidr, Limiters, RateLimit};
 use keygate::routes::normalize_path;
 use keygate::store::TokenCache;
 use keygate::token::{Secret, Token, TokenId};
@@ -75,6 +78,34 @@ fn bench(c: &mut Criterion) {
     );
     let path = "/public/v1/subscriptions/AS-1234-5678/items";
 
+    // The same token with two limits that never trip here and a 3-entry IP list.
+    let pid = 260_984_311;
+    let limit = |per: &str| RateLimit {
+        requests: 1_000_000_000,
+        per: per.into(),
+    };
+    cache.put(
+        &Token {
+            rate_limits: vec![limit("1s"), limit("1d")],
+            allowed_ips: ["10.0.0.0/8", "192.0.2.7", "127.0.0.0/8"]
+                .iter()
+                .map(|c| Cidr::parse(c).expect("cidr"))
+                .collect(),
+            ..token(pid, &secret, &["agreements", "subscriptions"])
+        },
+        &config,
+    );
+    let mut policy_headers = HeaderMap::new();
+    let value = format!("ApiKey SU-260-984-311:{}", secret.expose());
+    policy_headers.insert(
+        "authorization",
+        HeaderValue::from_str(&value).expect("header"),
+    );
+    let limiters = Limiters::new();
+    let peer: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    let trusted = config.proxy.trusted_proxies.clone();
+
+    // What gateway::process does between authentication and forwarding.
     let decide = |headers: &HeaderMap, path: &str| -> Option<usize> {
         let Ok(Presented::Credential(cred)) = presented(headers) else {
             return None;
@@ -84,14 +115,36 @@ fn bench(c: &mut Criterion) {
         if !entry.verify(&cred.secret_hash(), now) || entry.disabled || entry.expired(now) {
             return None;
         }
+        let policy = entry.policy.as_deref();
+        if let Some(p) = policy.filter(|p| !p.allowed_ips.is_empty())
+            && !policy::any_contains(&p.allowed_ips, policy::client_ip(peer, headers, &trusted))
+        {
+            return None;
+        }
         let path = normalize_path(path).ok()?;
         let module = routes.lookup(&path)?;
-        entry.perms.allows(module).then_some(module)
+        if entry.perms.access(module) != Access::Full {
+            return None;
+        }
+        if let Some(p) = policy.filter(|p| p.counts()) {
+            let now_ms = Timestamp::now().as_millisecond();
+            if !matches!(
+                limiters.admit(entry.id, p, now_ms, false),
+                Admission::Admitted(_)
+            ) {
+                return None;
+            }
+        }
+        Some(module)
     };
     assert!(decide(&headers, path).is_some());
+    assert!(decide(&policy_headers, path).is_some());
 
     c.bench_function("auth_decision_cache_hit", |b| {
         b.iter(|| decide(black_box(&headers), black_box(path)))
+    });
+    c.bench_function("auth_decision_cache_hit_two_limits_ip_list", |b| {
+        b.iter(|| decide(black_box(&policy_headers), black_box(path)))
     });
     c.bench_function("normalize_path_dot_segments", |b| {
         b.iter(|| normalize_path(black_box("/public/v1//subscriptions/./x/../AS-1/%7Eitems")))

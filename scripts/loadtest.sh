@@ -13,6 +13,8 @@
 #   CALLGRIND=N: instead of wrk rounds, run each proxy under valgrind's callgrind for N
 #   requests after a warm-up and print user-space instructions per request (noise-free;
 #   the profiles stay in $KEEP, default /tmp/keygate-callgrind, for callgrind_annotate).
+#   POLICY=1 (every token carries two rate limits that never trip, 10^9/1s and 10^9/1d,
+#   and allowed_ips = 127.0.0.0/8: compare its keygate figures with a plain run)
 #
 # Starts, on 127.0.0.1 only: a small upstream (nginx answering 200 "ok"), keygate
 # (release build, embedded store, 10,000 tokens), the bare hyper proxy
@@ -34,6 +36,7 @@ PER_TOKEN=${PER_TOKEN:-true}
 WORKERS=${WORKERS:-1}
 CALLGRIND=${CALLGRIND:-}
 KEEP=${KEEP:-/tmp/keygate-callgrind}
+POLICY=${POLICY:-0}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
@@ -115,14 +118,18 @@ for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
 ADMIN=$(cat "$WORK/admin.key")
 
 echo "creating $TOKENS tokens through the admin API..."
-python3 - "$KGA" "$ADMIN" "$TOKENS" > "$WORK/keys" <<'PY'
+python3 - "$KGA" "$ADMIN" "$TOKENS" "$POLICY" > "$WORK/keys" <<'PY'
 import http.client, json, sys, threading
-port, admin, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, admin, n, policy = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 keys, lock = [], threading.Lock()
+body = {"name": "load", "permissions": ["agreements"]}
+if policy:
+    body["rate_limits"] = [{"requests": 10**9, "per": "1s"}, {"requests": 10**9, "per": "1d"}]
+    body["allowed_ips"] = ["127.0.0.0/8"]
 def worker(count):
     c = http.client.HTTPConnection("127.0.0.1", port)
     for _ in range(count):
-        c.request("POST", "/v1/tokens", json.dumps({"name": "load", "permissions": ["agreements"]}),
+        c.request("POST", "/v1/tokens", json.dumps(body),
                   {"Authorization": "ApiKey " + admin, "Content-Type": "application/json"})
         r = c.getresponse(); body = r.read()
         if r.status != 201:

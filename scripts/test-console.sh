@@ -75,6 +75,28 @@ path = "$WORK/keygate.redb"
 [stats]
 flush_interval = "200ms"
 
+[[extensions]]
+name = "custom"
+code = "EXT-000"
+description = "Custom integration"
+[[extensions]]
+name = "reports"
+code = "EXT-569"
+description = "Custom Reports creation"
+[[extensions]]
+name = "devops"
+code = "EXT-005"
+description = "Connect DevOps extensions"
+permissions = ["catalog:read"]
+[[extensions]]
+name = "zapier"
+code = "EXT-816"
+description = "Zapier workflow automation platform"
+[[extensions]]
+name = "flowgear"
+code = "EXT-248"
+description = "Flowgear iPaaS platform"
+
 [[modules]]
 name = "agreements"
 description = "Create and control the lifecycle of agreements"

@@ -75,9 +75,21 @@ struct Fields {
     /// Extension name (see GET /v1/extensions); default custom.
     #[arg(long)]
     extension: Option<String>,
-    /// Module names, comma-separated, or `all`.
+    /// Module names, comma-separated, each optionally `:read` (GET/HEAD/OPTIONS only),
+    /// or `all`, or `all:read` (e.g. `agreements:read,billing`).
     #[arg(long)]
     permissions: Option<String>,
+    /// A rate limit `<requests>/<per>`, e.g. `100/1m` (repeatable, at most 4); `none`
+    /// clears them (edit).
+    #[arg(long = "rate-limit")]
+    rate_limit: Vec<String>,
+    /// A quota `<requests>/<day|month>`, e.g. `100000/month`; `none` clears it (edit).
+    #[arg(long)]
+    quota: Option<String>,
+    /// Client addresses or CIDR blocks, comma-separated (e.g. `10.0.0.0/8,192.0.2.7`);
+    /// `none` clears them (edit).
+    #[arg(long)]
+    allowed_ips: Option<String>,
     /// Validity from now: 7d, 30d, 90d, 1y, 12h …
     #[arg(long, conflicts_with = "expires_at")]
     expires_in: Option<String>,
@@ -345,6 +357,50 @@ impl Fields {
         }
         if let Some(v) = self.expires_in {
             m.insert("expires_in".into(), s(v));
+        }
+        if self.rate_limit.iter().any(|r| r == "none") {
+            if !edit || self.rate_limit.len() != 1 {
+                return fail("--rate-limit none: only alone, on edit (it clears the limits)");
+            }
+            m.insert("rate_limits".into(), Value::Array(Vec::new()));
+        } else if !self.rate_limit.is_empty() {
+            let mut list = Vec::new();
+            for r in &self.rate_limit {
+                let l = keygate::policy::RateLimit::parse_short(r)
+                    .map_err(|e| CliError(format!("--rate-limit: {e}")))?;
+                list.push(serde_json::json!({ "requests": l.requests, "per": l.per }));
+            }
+            m.insert("rate_limits".into(), Value::Array(list));
+        }
+        if let Some(v) = self.quota {
+            if v == "none" {
+                if !edit {
+                    return fail("--quota none: only on edit (it clears the quota)");
+                }
+                m.insert("quota".into(), Value::Null);
+            } else {
+                let q = keygate::policy::Quota::parse_short(&v)
+                    .map_err(|e| CliError(format!("--quota: {e}")))?;
+                m.insert(
+                    "quota".into(),
+                    serde_json::json!({ "requests": q.requests, "period": q.period.as_str() }),
+                );
+            }
+        }
+        if let Some(v) = self.allowed_ips {
+            let list: Vec<Value> = if v == "none" {
+                if !edit {
+                    return fail("--allowed-ips none: only on edit (it clears the list)");
+                }
+                Vec::new()
+            } else {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| s(p.to_string()))
+                    .collect()
+            };
+            m.insert("allowed_ips".into(), Value::Array(list));
         }
         if let Some(v) = self.expires_at {
             let v = if v == "never" {
@@ -619,6 +675,9 @@ fn print_token(a: &Answer, json: bool, shows_key: bool) {
         ("Updated", str_of(&t["updated_at"])),
         ("Created by", str_of(&t["created_by"])),
         ("Last used", str_of(&t["last_used_at"])),
+        ("Rate limits", rate_limits_text(&t["rate_limits"])),
+        ("Quota", quota_text(&t["quota"], &t["quota_usage"])),
+        ("Allowed IPs", list_text(&t["allowed_ips"], "any")),
     ] {
         println!("{k:<12} {v}");
     }
@@ -626,6 +685,45 @@ fn print_token(a: &Answer, json: bool, shows_key: bool) {
         println!();
         println!("API key (shown only this once; store it now):");
         println!("{key}");
+    }
+}
+
+/// `100/1m, 10/1s`, or `none`.
+fn rate_limits_text(v: &Value) -> String {
+    let list: Vec<String> = v
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|r| format!("{}/{}", r["requests"], str_of(&r["per"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// `100000/month (used 12 until 2026-12-01T00:00:00Z)`, or `none`.
+fn quota_text(q: &Value, usage: &Value) -> String {
+    if q.is_null() {
+        return "none".into();
+    }
+    format!(
+        "{}/{} (used {} until {})",
+        q["requests"],
+        str_of(&q["period"]),
+        usage["used"],
+        str_of(&usage["period_end"])
+    )
+}
+
+/// A JSON array of strings joined by `, `, or `empty`.
+fn list_text(v: &Value, empty: &str) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(str_of).collect::<Vec<_>>().join(", "),
+        _ => empty.into(),
     }
 }
 

@@ -102,6 +102,7 @@ struct ProxyFile {
     idle_timeout: Option<String>,
     max_header_bytes: Option<usize>,
     drain_timeout: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +151,7 @@ struct ExtensionFile {
     code: String,
     #[serde(default)]
     description: String,
+    permissions: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +230,8 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Graceful shutdown deadline.
     pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (SPEC §8).
+    pub trusted_proxies: Vec<crate::policy::Cidr>,
 }
 
 /// `[admin]`.
@@ -294,6 +298,8 @@ pub struct Extension {
     pub code: String,
     /// Human description.
     pub description: String,
+    /// The permissions every token of this extension gets (SPEC §8), if fixed.
+    pub permissions: Option<Vec<String>>,
 }
 
 /// A module: a set of path prefixes served by one upstream.
@@ -344,6 +350,7 @@ pub fn default_extensions() -> Vec<Extension> {
         name: name.into(),
         code: code.into(),
         description: description.into(),
+        permissions: None,
     })
     .collect()
 }
@@ -562,6 +569,16 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             p.drain_timeout,
             DEFAULT_DRAIN_TIMEOUT,
         )?,
+        trusted_proxies: p
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                crate::policy::Cidr::parse(c)
+                    .map_err(|e| err(&format!("proxy.trusted_proxies[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?,
     };
 
     let a = f.admin;
@@ -679,6 +696,7 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
                     name: e.name,
                     code: e.code,
                     description: e.description,
+                    permissions: e.permissions,
                 });
             }
             out
@@ -761,6 +779,13 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     }
     let events = crate::events::config::events(f.events, &file)?;
     let webhooks = crate::events::config::webhooks(f.webhooks, &file)?;
+    let module_names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+    for (i, e) in extensions.iter().enumerate() {
+        if let Some(p) = &e.permissions {
+            crate::policy::check_permission_list(p, &module_names)
+                .map_err(|reason| err(&format!("extensions[{i}].permissions"), reason))?;
+        }
+    }
 
     Ok(Config {
         source: path.to_path_buf(),

@@ -71,12 +71,21 @@ pub enum ApiError {
     /// Expired token.
     #[error("the API token has expired")]
     AuthExpired,
+    /// Client address outside the token's `allowed_ips`.
+    #[error("the API token may not be used from this address")]
+    IpNotAllowed,
     /// No module for the path.
     #[error("no module serves this path")]
     RouteNotFound,
     /// Token lacks the module.
     #[error("the API token is not permitted for this module")]
     PermDenied,
+    /// Over one of the token's rate limits; retry after this many seconds.
+    #[error("rate limit exceeded; retry in {0} s")]
+    RateLimited(u64),
+    /// Over the token's quota; retry after this many seconds (the period's end).
+    #[error("quota exceeded for the current period; retry in {0} s")]
+    QuotaExceeded(u64),
     /// Body over the module's limit (proxy).
     #[error("the request body exceeds {0} bytes")]
     BodyTooLarge(u64),
@@ -127,7 +136,18 @@ impl ApiError {
             AuthInvalid => (StatusCode::UNAUTHORIZED, "AUTH_INVALID", Source::Client),
             AuthDisabled => (StatusCode::UNAUTHORIZED, "AUTH_DISABLED", Source::Client),
             AuthExpired => (StatusCode::UNAUTHORIZED, "AUTH_EXPIRED", Source::Client),
+            IpNotAllowed => (StatusCode::FORBIDDEN, "IP_NOT_ALLOWED", Source::Client),
             RouteNotFound => (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", Source::Client),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                Source::Client,
+            ),
+            QuotaExceeded(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "QUOTA_EXCEEDED",
+                Source::Client,
+            ),
             PermDenied => (StatusCode::FORBIDDEN, "PERM_DENIED", Source::Client),
             BodyTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -193,8 +213,14 @@ impl ApiError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if *self == ApiError::AuthMissing {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+        match self {
+            ApiError::AuthMissing => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+            }
+            ApiError::RateLimited(secs) | ApiError::QuotaExceeded(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            _ => {}
         }
         res
     }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use jiff::Timestamp;
@@ -17,6 +17,7 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::logging::{Exchange, Finished, Line};
 use crate::metrics::Class;
+use crate::policy::{self, Access, Admission, Refusal};
 use crate::proxy::{self, Peer, ResBody};
 use crate::routes;
 use crate::server::ConnInfo;
@@ -33,6 +34,9 @@ struct Ctx {
     module: Option<usize>,
     /// The token that presented its correct secret (authenticate).
     token: Option<TokenId>,
+    /// `RateLimit-Policy` and `RateLimit` for the answer (upstream_peer, tokens with
+    /// rate limits).
+    ratelimit: Option<(HeaderValue, HeaderValue)>,
 }
 
 /// Handles one request on the proxy listener. Never fails: every error is a response.
@@ -64,7 +68,16 @@ async fn proxy_request(
     let entry = auth::authenticate(req.headers(), &shared.cache, &shared.store, &rt.config).await?;
     ctx.token = Some(entry.id);
     auth::check_usable(&entry, Timestamp::now().as_second())?;
-    let peer = upstream_peer(rt, &entry, ctx.module)?;
+    let peer = upstream_peer(
+        shared,
+        rt,
+        &entry,
+        ctx.module,
+        &req,
+        conn,
+        &mut ctx.ratelimit,
+    )
+    .await?;
     let version = req.version();
     let upstream_req =
         proxy::upstream_request_filter(req, path, &peer, &entry, conn, exchange.request_id())?;
@@ -88,17 +101,36 @@ fn request_filter(req: &Request<Incoming>) -> Result<String, ApiError> {
     routes::normalize_path(uri.path()).map_err(|e| ApiError::Malformed(e.to_string()))
 }
 
-/// Chooses the upstream for an authenticated token: the module its path maps to, if
-/// the token may use it (SPEC §2 checks 7–8). Usage policies (IP allow-list before
-/// the module, rate limits and quota after the permission) belong here, in that order.
-fn upstream_peer<'rt>(
+/// Chooses the upstream for an authenticated token, in the order of SPEC §2: the
+/// client address against `allowed_ips` (6a), the module the path maps to (7), the
+/// token's access to it — full, or `:read` for GET/HEAD/OPTIONS (8) — and its rate
+/// limits and quota (8a, 8b). A token without policies skips them on one pointer test.
+async fn upstream_peer<'rt>(
+    shared: &Shared,
     rt: &'rt Runtime,
     entry: &AuthEntry,
     module: Option<usize>,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+    ratelimit: &mut Option<(HeaderValue, HeaderValue)>,
 ) -> Result<Peer<'rt>, ApiError> {
+    let policy = entry.policy.as_deref();
+    if let Some(p) = policy.filter(|p| !p.allowed_ips.is_empty()) {
+        let trusted = &rt.config.proxy.trusted_proxies;
+        let ip = policy::client_ip(conn.remote.ip(), req.headers(), trusted);
+        if !policy::any_contains(&p.allowed_ips, ip) {
+            return Err(ApiError::IpNotAllowed);
+        }
+    }
     let index = module.ok_or(ApiError::RouteNotFound)?;
-    if !entry.perms.allows(index) {
-        return Err(ApiError::PermDenied);
+    match entry.perms.access(index) {
+        Access::Full => {}
+        Access::Read if policy::is_read_method(req.method()) => {}
+        Access::Read | Access::None => return Err(ApiError::PermDenied),
+    }
+    if let Some(p) = policy.filter(|p| p.counts()) {
+        let decision = policy::admit(&shared.limiters, &shared.store, entry.id, p).await;
+        limits_answer(shared, p, decision, ratelimit, entry.id)?;
     }
     let (Some(module), Some(module_name)) =
         (rt.config.modules.get(index), rt.module_names.get(index))
@@ -115,6 +147,57 @@ fn upstream_peer<'rt>(
         module_name,
         extension_name,
     })
+}
+
+/// Turns a limiter decision into the `RateLimit` headers of the answer, or the 429.
+fn limits_answer(
+    shared: &Shared,
+    p: &policy::Policy,
+    decision: Admission,
+    out: &mut Option<(HeaderValue, HeaderValue)>,
+    id: TokenId,
+) -> Result<(), ApiError> {
+    let headroom = match decision {
+        Admission::Admitted(h) => h,
+        Admission::Refused(Refusal::RateLimited {
+            retry_after,
+            headroom,
+        }) => {
+            *out = ratelimit_headers(p, headroom);
+            return Err(ApiError::RateLimited(retry_after));
+        }
+        Admission::Refused(Refusal::QuotaExceeded {
+            retry_after,
+            first_in_period,
+            period_start,
+        }) => {
+            if first_in_period {
+                // `token.quota_exceeded` (SPEC §9), once per token and quota period: the
+                // store dedupes it across instances; written off the request path.
+                tracing::info!(token = %id, "quota exceeded for the current period");
+                let store = shared.store.clone();
+                let start = Timestamp::from_second(period_start).unwrap_or(Timestamp::UNIX_EPOCH);
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        crate::events::quota_exceeded(&store, id, start, Timestamp::now()).await
+                    {
+                        tracing::warn!(token = %id, error = %e, "cannot raise token.quota_exceeded");
+                    }
+                });
+            }
+            return Err(ApiError::QuotaExceeded(retry_after));
+        }
+    };
+    *out = ratelimit_headers(p, headroom);
+    Ok(())
+}
+
+fn ratelimit_headers(
+    p: &policy::Policy,
+    h: Option<policy::limiter::Headroom>,
+) -> Option<(HeaderValue, HeaderValue)> {
+    let state = h.and_then(|h| policy::ratelimit_header(p, &h))?;
+    Some((p.policy_header.clone()?, state))
 }
 
 /// The last phase: the answer, its log line, the token's statistics (SPEC §3: only a
@@ -137,10 +220,15 @@ fn logging(
         path: ctx.path.as_deref(),
     };
     let Finished {
-        response,
+        mut response,
         error,
         elapsed,
     } = exchange.finish(result, Either::Left, "request", line);
+    if let Some((policy_header, state)) = &ctx.ratelimit {
+        let h = response.headers_mut();
+        h.insert(policy::RATELIMIT_POLICY, policy_header.clone());
+        h.insert(policy::RATELIMIT, state.clone());
+    }
     let modules = rt.module_metrics(&shared.metrics);
     let slot = modules.slot(ctx.module);
     modules.observe_duration(slot, elapsed);

@@ -17,6 +17,7 @@ mod gateway;
 mod headers;
 mod logging;
 pub mod metrics;
+pub mod policy;
 mod proxy;
 mod reload;
 pub mod routes;
@@ -155,6 +156,10 @@ impl Gateway {
             config.metrics.max_token_series,
             clock,
         ));
+        let limiters = Arc::new(policy::Limiters::new());
+        policy::load_quotas(&limiters, &store)
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
         drop(config);
         let shared = Arc::new(Shared {
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
@@ -164,6 +169,7 @@ impl Gateway {
             request_ids: RequestIds::default(),
             stats,
             metrics,
+            limiters,
         });
         let reload = ReloadHandle {
             shared: Arc::clone(&shared),
@@ -217,6 +223,7 @@ impl Gateway {
         let flush_interval = rt.config.stats.flush_interval;
         let flusher = Arc::new(Flusher {
             stats: Arc::clone(&self.shared.stats),
+            limiters: Arc::clone(&self.shared.limiters),
             store: self.shared.store.clone(),
             retention_days: rt.config.stats.retention_days,
         });

@@ -128,16 +128,25 @@ pub enum AuthFailure {
     Expired = 4,
     /// 403 `PERM_DENIED`.
     Forbidden = 5,
+    /// 403 `IP_NOT_ALLOWED`.
+    Ip = 6,
+    /// 429 `RATE_LIMITED`.
+    RateLimited = 7,
+    /// 429 `QUOTA_EXCEEDED`.
+    QuotaExceeded = 8,
 }
 
 impl AuthFailure {
-    const ALL: [AuthFailure; 6] = [
+    const ALL: [AuthFailure; 9] = [
         AuthFailure::Malformed,
         AuthFailure::Missing,
         AuthFailure::Invalid,
         AuthFailure::Disabled,
         AuthFailure::Expired,
         AuthFailure::Forbidden,
+        AuthFailure::Ip,
+        AuthFailure::RateLimited,
+        AuthFailure::QuotaExceeded,
     ];
 
     /// The label value.
@@ -149,6 +158,9 @@ impl AuthFailure {
             "disabled",
             "expired",
             "forbidden",
+            "ip",
+            "rate_limited",
+            "quota_exceeded",
         ][self as usize]
     }
 }
@@ -175,6 +187,9 @@ impl ErrorMetric {
             ApiError::AuthDisabled => Auth(AuthFailure::Disabled),
             ApiError::AuthExpired => Auth(AuthFailure::Expired),
             ApiError::PermDenied => Auth(AuthFailure::Forbidden),
+            ApiError::IpNotAllowed => Auth(AuthFailure::Ip),
+            ApiError::RateLimited(_) => Auth(AuthFailure::RateLimited),
+            ApiError::QuotaExceeded(_) => Auth(AuthFailure::QuotaExceeded),
             ApiError::Upstream(kind) => Upstream(*kind),
             _ => ErrorMetric::None,
         }
@@ -192,7 +207,7 @@ pub struct Metrics {
     registry: Registry,
     per_token: bool,
     requests: IntCounterVec,
-    auth_failures: [IntCounter; 6],
+    auth_failures: [IntCounter; 9],
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
     store_up: IntGauge,

@@ -75,6 +75,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// The Prometheus registry.
     pub metrics: Arc<Metrics>,
+    /// Rate-limit and quota state of this process (SPEC §8).
+    pub limiters: Arc<crate::policy::Limiters>,
 }
 
 impl Shared {

@@ -554,6 +554,8 @@ fn merge(
 pub struct Flusher {
     /// The counters.
     pub stats: Arc<Stats>,
+    /// Quota counts to persist (embedded) or to add to Redis after an outage.
+    pub limiters: Arc<crate::policy::Limiters>,
     /// The store.
     pub store: Store,
     /// `stats.retention_days`.
@@ -575,6 +577,9 @@ impl Flusher {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => break,
+            }
+            if let Err(e) = crate::policy::sync_quotas(&self.limiters, &self.store).await {
+                tracing::debug!(error = %e, "quota counts not written yet; kept in memory");
             }
             match self.stats.flush(&self.store).await {
                 Ok(()) if failing => {
@@ -615,6 +620,9 @@ impl Flusher {
     /// The shutdown flush: a few tries, then the counts still in memory are reported
     /// lost.
     pub async fn final_flush(&self) {
+        if let Err(e) = crate::policy::sync_quotas(&self.limiters, &self.store).await {
+            tracing::error!(error = %e, "final quota count write failed");
+        }
         const TRIES: u32 = 3;
         for attempt in 1..=TRIES {
             match self.stats.flush(&self.store).await {

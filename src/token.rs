@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::policy::{Access, Cidr, Quota, RateLimit};
+
 /// Length of a secret in hex characters (160 bits).
 pub const SECRET_HEX_LEN: usize = 40;
 
@@ -247,6 +249,15 @@ pub struct Token {
     pub previous_secret: Option<PreviousSecret>,
     /// Incremented on every change (optimistic concurrency).
     pub version: u64,
+    /// Rate limits (SPEC §8); empty = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
+    /// Quota (SPEC §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// Client networks allowed (SPEC §8); empty = any address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<Cidr>,
 }
 
 impl Token {
@@ -270,6 +281,9 @@ impl Token {
             secret_hash,
             previous_secret: None,
             version: 1,
+            rate_limits: Vec::new(),
+            quota: None,
+            allowed_ips: Vec::new(),
         }
     }
 
@@ -284,11 +298,14 @@ impl Token {
         }
     }
 
-    /// Whether the token holds `all` or module `name`.
+    /// Whether the token holds full access to module `name` (`all` or the module).
     pub fn has_permission(&self, name: &str) -> bool {
-        self.permissions
-            .iter()
-            .any(|p| p == crate::config::PERMISSION_ALL || p == name)
+        self.access(name) == Access::Full
+    }
+
+    /// What the token may do in module `name` (`all`, `all:read` and `:read` forms).
+    pub fn access(&self, name: &str) -> Access {
+        crate::policy::access(&self.permissions, name)
     }
 }
 

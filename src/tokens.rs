@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
+use crate::config::{Config, PERMISSION_ALL};
 use crate::error::ApiError;
 use crate::events;
 use crate::store::{Bootstrapped, Event, EventWrite, Store, StoreError, TokenCache};
@@ -29,9 +29,10 @@ pub const MIN_EXPIRES_IN: Duration = Duration::from_secs(1);
 const CAS_ATTEMPTS: usize = 32;
 
 /// When a token expires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Expiry {
     /// Never.
+    #[default]
     Perpetual,
     /// At a fixed time.
     At(Timestamp),
@@ -108,7 +109,7 @@ fn whole_seconds(t: Timestamp) -> Timestamp {
 }
 
 /// What a new token is made of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewToken {
     /// Name.
     pub name: String,
@@ -122,6 +123,12 @@ pub struct NewToken {
     pub permissions: Vec<String>,
     /// Expiry.
     pub expiry: Expiry,
+    /// Rate limits (checked by the caller).
+    pub rate_limits: Vec<crate::policy::RateLimit>,
+    /// Quota (checked by the caller).
+    pub quota: Option<crate::policy::Quota>,
+    /// Allowed client networks.
+    pub allowed_ips: Vec<crate::policy::Cidr>,
 }
 
 /// Checks a name.
@@ -176,36 +183,13 @@ pub fn check_extension(e: &str, config: &Config) -> Result<(), ApiError> {
     }
 }
 
-/// Checks permissions: a non-empty list of configured module names (each once), or
-/// exactly `["all"]`. `integrations` (the admin permission) is always accepted.
+/// Checks permissions (SPEC §1, §8): configured module names (each once), in full or
+/// `:read` form, `all` alone, or `all:read` with full module permissions. `integrations`
+/// (the admin permission) is always accepted.
 pub fn check_permissions(p: &[String], config: &Config) -> Result<(), ApiError> {
-    if p.is_empty() {
-        return Err(ApiError::Validation(
-            "permissions: must not be empty".into(),
-        ));
-    }
-    if p.iter().any(|x| x == PERMISSION_ALL) {
-        if p.len() != 1 {
-            return Err(ApiError::Validation(
-                "permissions: \"all\" must be the only entry".into(),
-            ));
-        }
-        return Ok(());
-    }
-    for (i, name) in p.iter().enumerate() {
-        if name != ADMIN_MODULE && config.module_index(name).is_none() {
-            return Err(ApiError::Validation(format!(
-                "permissions: unknown module {:?} (see GET /v1/modules)",
-                name.chars().take(64).collect::<String>()
-            )));
-        }
-        if p[..i].contains(name) {
-            return Err(ApiError::Validation(format!(
-                "permissions: {name:?} is listed twice"
-            )));
-        }
-    }
-    Ok(())
+    let modules: Vec<&str> = config.modules.iter().map(|m| m.name.as_str()).collect();
+    crate::policy::check_permission_list(p, &modules)
+        .map_err(|e| ApiError::Validation(format!("permissions: {e}")))
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -271,6 +255,9 @@ impl Tokens {
             validity_secs,
             created_by,
             permissions: new.permissions,
+            rate_limits: new.rate_limits,
+            quota: new.quota,
+            allowed_ips: new.allowed_ips,
             ..Token::new(&new.name, &[], secret.hash(), now)
         };
         let mut fields = vec!["name", "description", "extension", "permissions"];
@@ -279,6 +266,15 @@ impl Tokens {
         }
         if token.expires_at.is_some() {
             fields.push("expires_at");
+        }
+        for (set, name) in [
+            (!token.rate_limits.is_empty(), "rate_limits"),
+            (token.quota.is_some(), "quota"),
+            (!token.allowed_ips.is_empty(), "allowed_ips"),
+        ] {
+            if set {
+                fields.push(name);
+            }
         }
         let fields: Vec<String> = fields.into_iter().map(String::from).collect();
         for _ in 0..ID_ATTEMPTS {
@@ -548,6 +544,9 @@ mod tests {
                 extension: None,
                 permissions: vec!["a".into()],
                 expiry: Expiry::Perpetual,
+                rate_limits: Vec::new(),
+                quota: None,
+                allowed_ips: Vec::new(),
             };
             let (token, _) = tokens
                 .create(new, None, &config, Timestamp::now())

@@ -182,11 +182,15 @@ async fn create_shows_every_field_and_the_key_once() {
         "updated_at",
         "created_by",
         "last_used_at",
+        "rate_limits",
+        "quota",
+        "quota_usage",
+        "allowed_ips",
         "api_key",
     ] {
         assert!(v.get(field).is_some(), "missing {field}: {v}");
     }
-    assert_eq!(v.as_object().unwrap().len(), 13, "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 17, "{v}");
     assert_eq!(v["status"], "active");
     assert_eq!(v["extension"], "zapier");
     assert_eq!(v["last_used_at"], Value::Null);
@@ -1153,8 +1157,8 @@ async fn modules_and_extensions_come_from_the_config() {
     assert_eq!(
         a.json(),
         json!([
-            {"name": "custom", "code": "EXT-000", "description": "Custom"},
-            {"name": "inhouse", "code": "EXT-100", "description": "In-house"},
+            {"name": "custom", "code": "EXT-000", "description": "Custom", "permissions": null},
+            {"name": "inhouse", "code": "EXT-100", "description": "In-house", "permissions": null},
         ])
     );
 }

@@ -41,6 +41,7 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
                 "pattern",
                 "format",
                 "minItems",
+                "maxItems",
                 "minimum",
                 "maximum",
                 "default",
@@ -97,6 +98,11 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
                 && (a.len() as u64) < n
             {
                 err(format!("fewer than {n} items"));
+            }
+            if let Some(n) = s.get("maxItems").and_then(Value::as_u64)
+                && (a.len() as u64) > n
+            {
+                err(format!("more than {n} items"));
             }
             if let Some(items) = s.get("items") {
                 for (i, x) in a.iter().enumerate() {
@@ -312,7 +318,9 @@ async fn lifecycle_answers_validate_against_the_document() {
     checked(&gw, &doc, M::GET, "/v1/extensions", "/v1/extensions", k, "").await;
 
     let create = json!({"name": "Lifecycle", "description": "d", "external_id": "EXT-1",
-        "extension": "zapier", "permissions": ["agreements"], "expires_in": "30d"});
+        "extension": "zapier", "permissions": ["agreements", "billing:read"], "expires_in": "30d",
+        "rate_limits": [{"requests": 100, "per": "1m"}, {"requests": 10, "per": "1s"}],
+        "quota": {"requests": 100000, "period": "month"}, "allowed_ips": ["127.0.0.1", "10.0.0.0/8"]});
     assert_valid_request(&doc, "/v1/tokens", "post", &create);
     let a = checked(
         &gw,
@@ -357,10 +365,12 @@ async fn lifecycle_answers_validate_against_the_document() {
     .await;
     checked(&gw, &doc, M::GET, list, "/v1/tokens?offset=50", k, "").await;
     checked(&gw, &doc, M::GET, t, &p(""), k, "").await;
-    let patch = json!({"name": "n2", "external_id": null, "expires_at": null});
+    let patch = json!({"name": "n2", "external_id": null, "expires_at": null,
+        "rate_limits": null, "allowed_ips": []});
     assert_valid_request(&doc, t, "patch", &patch);
     checked(&gw, &doc, M::PATCH, t, &p(""), k, &patch.to_string()).await;
-    let patch = json!({"expires_in": "7d", "permissions": ["agreements", "billing"]});
+    let patch = json!({"expires_in": "7d", "permissions": ["agreements", "billing"],
+        "quota": null});
     assert_valid_request(&doc, t, "patch", &patch);
     checked(&gw, &doc, M::PATCH, t, &p(""), k, &patch.to_string()).await;
     checked(
@@ -560,7 +570,8 @@ async fn the_validator_catches_wrong_answers() {
     let good = json!({"id": "SU-000-000-001", "name": "n", "description": "", "external_id": null,
         "extension": "custom", "permissions": ["all"], "status": "active", "expires_at": null,
         "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
-        "created_by": null, "last_used_at": null});
+        "created_by": null, "last_used_at": null, "rate_limits": [], "quota": null,
+        "quota_usage": null, "allowed_ips": []});
     let check = |schema: &str, v: &Value| {
         let mut errs = Vec::new();
         validate(
@@ -584,6 +595,14 @@ async fn the_validator_catches_wrong_answers() {
         ("created_at", Value::Null),
         ("permissions", json!([])),
         ("name", json!(5)),
+        ("rate_limits", json!([{"requests": 0, "per": "1s"}])),
+        (
+            "rate_limits",
+            json!(vec![json!({"requests": 1, "per": "1s"}); 5]),
+        ),
+        ("quota", json!({"requests": 5, "period": "week"})),
+        ("quota_usage", json!({"used": 1})),
+        ("allowed_ips", json!("10.0.0.0/8")),
     ] {
         let mut v = good.clone();
         v[field] = bad;

@@ -115,6 +115,7 @@ async fn reload_swaps_modules_keeps_inflight_and_refuses_a_bad_file() {
                 extension: None,
                 permissions: vec!["beta".into()],
                 expiry: keygate::tokens::Expiry::Perpetual,
+                ..Default::default()
             },
             None,
             &current,

@@ -20,6 +20,7 @@ use crate::auth;
 use crate::config::ADMIN_MODULE;
 use crate::error::ApiError;
 use crate::logging::{Exchange, Line};
+use crate::policy::Access;
 use crate::server::ConnInfo;
 use crate::state::{Runtime, Shared};
 use crate::token::{Token, TokenId};
@@ -168,13 +169,15 @@ pub struct Ctx<'a> {
     pub caller: Caller,
     /// The request time.
     pub now: Timestamp,
+    /// Rate-limit and quota state (for `quota_usage`).
+    pub limiters: &'a crate::policy::Limiters,
 }
 
 /// Handles one request on the admin listener. Never fails: every error is a response.
 pub async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-    _conn: Arc<ConnInfo>,
+    conn: Arc<ConnInfo>,
 ) -> Response<Full<Bytes>> {
     if let Some(res) = console::serve(&req) {
         return res;
@@ -183,7 +186,7 @@ pub async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut actor = None;
-    let result = process(&shared, req, &mut actor).await;
+    let result = process(&shared, req, &conn, &mut actor).await;
     // Log the path only when it is a known route, so log lines stay bounded and clean.
     let logged_path = match resolve(&method, &path) {
         Ok(_) => Some(path.get(..MAX_LOGGED_PATH).unwrap_or(&path)),
@@ -206,6 +209,7 @@ pub async fn handle(
 async fn process(
     shared: &Shared,
     req: Request<Incoming>,
+    conn: &ConnInfo,
     actor: &mut Option<TokenId>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let (op, id) = resolve(req.method(), req.uri().path())?;
@@ -227,7 +231,7 @@ async fn process(
     }
 
     let rt = shared.runtime.load_full();
-    let caller = authenticate(shared, &rt, &req).await?;
+    let caller = authenticate(shared, &rt, &req, conn).await?;
     *actor = Some(caller.token.id);
     let query = req.uri().query().map(str::to_string);
     if op == Op::Stats {
@@ -242,15 +246,19 @@ async fn process(
         tokens: &shared.tokens,
         caller,
         now: Timestamp::now(),
+        limiters: &shared.limiters,
     };
     tokens::dispatch(&ctx, op, id.as_deref(), query.as_deref(), &body).await
 }
 
-/// The proxy's credential check, then the admin permission (SPEC §4).
+/// The proxy's credential check, the caller's `allowed_ips` against the TCP peer, then
+/// the admin permission (SPEC §4, §8): `integrations` or `all` for every route,
+/// `integrations:read` or `all:read` for `GET` routes only.
 async fn authenticate(
     shared: &Shared,
     rt: &Runtime,
     req: &Request<Incoming>,
+    conn: &ConnInfo,
 ) -> Result<Caller, ApiError> {
     let entry = auth::authenticate(req.headers(), &shared.cache, &shared.store, &rt.config).await?;
     auth::check_usable(&entry, Timestamp::now().as_second())?;
@@ -262,8 +270,15 @@ async fn authenticate(
         Err(ApiError::TokenNotFound(_)) => return Err(ApiError::AuthInvalid),
         Err(e) => return Err(e),
     };
-    if !token.has_permission(ADMIN_MODULE) {
-        return Err(ApiError::PermDenied);
+    if !token.allowed_ips.is_empty()
+        && !crate::policy::any_contains(&token.allowed_ips, conn.remote.ip())
+    {
+        return Err(ApiError::IpNotAllowed);
+    }
+    match token.access(ADMIN_MODULE) {
+        Access::Full => {}
+        Access::Read if req.method() == Method::GET => {}
+        Access::Read | Access::None => return Err(ApiError::PermDenied),
     }
     Ok(Caller { token })
 }

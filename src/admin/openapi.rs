@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::tokens::{DEFAULT_LIMIT, MAX_LIMIT, MAX_SEARCH_CHARS};
+use crate::policy::{MAX_LIMIT_REQUESTS, MAX_QUOTA_REQUESTS};
 use crate::tokens::{MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS};
 
 /// `SU-ddd-ddd-ddd`.
@@ -85,6 +86,33 @@ fn id_param() -> Value {
     })
 }
 
+/// `Quota` inline (OpenAPI 3.0 ignores `nullable` beside a `$ref`).
+fn quota_schema() -> Value {
+    json!({
+        "type": "object", "additionalProperties": false,
+        "required": ["requests", "period"],
+        "properties": {
+            "requests": { "type": "integer", "minimum": 1, "maximum": MAX_QUOTA_REQUESTS },
+            "period": { "type": "string", "enum": ["day", "month"],
+                "description": "A UTC calendar period." },
+        },
+    })
+}
+
+/// `QuotaUsage` inline.
+fn quota_usage_schema() -> Value {
+    json!({
+        "type": "object", "additionalProperties": false,
+        "required": ["used", "period_start", "period_end"],
+        "properties": {
+            "used": { "type": "integer", "minimum": 0 },
+            "period_start": { "type": "string", "format": "date-time" },
+            "period_end": { "type": "string", "format": "date-time",
+                "description": "The next period's start." },
+        },
+    })
+}
+
 fn nullable(mut s: Value) -> Value {
     s["nullable"] = json!(true);
     s
@@ -99,7 +127,12 @@ fn token_properties(with_key: bool) -> (Value, Value) {
         "external_id": nullable(json!({ "type": "string", "minLength": 1, "maxLength": MAX_EXTERNAL_ID_CHARS })),
         "extension": { "type": "string", "description": "An extension name from GET /v1/extensions." },
         "permissions": { "type": "array", "minItems": 1, "items": { "type": "string" },
-            "description": "Module names from GET /v1/modules (plus `integrations`), or exactly [\"all\"]." },
+            "description": "Module names from GET /v1/modules (plus `integrations`), each alone (every method) or as `<module>:read` (GET, HEAD, OPTIONS); exactly [\"all\"]; or `all:read` with full module permissions." },
+        "rate_limits": { "type": "array", "maxItems": 4, "items": schema_ref("RateLimit") },
+        "quota": nullable(quota_schema()),
+        "quota_usage": nullable(quota_usage_schema()),
+        "allowed_ips": { "type": "array", "maxItems": 64,
+            "items": { "type": "string", "description": "CIDR form, e.g. 192.0.2.7/32." } },
         "status": { "type": "string", "enum": ["active", "disabled", "expired"] },
         "expires_at": nullable(ts.clone()),
         "created_at": ts.clone(),
@@ -120,6 +153,10 @@ fn token_properties(with_key: bool) -> (Value, Value) {
         "updated_at",
         "created_by",
         "last_used_at",
+        "rate_limits",
+        "quota",
+        "quota_usage",
+        "allowed_ips",
     ];
     if with_key {
         p["api_key"] = json!({
@@ -143,6 +180,9 @@ fn schemas() -> Value {
         "description": "RFC 3339; must be in the future." });
     let expires_in = json!({ "type": "string", "pattern": DURATION_PATTERN,
         "description": "A duration such as 7d, 30d, 90d, 1y, 12h." });
+    let rate_limits = json!({ "type": "array", "maxItems": 4, "items": schema_ref("RateLimit") });
+    let allowed_ips = json!({ "type": "array", "maxItems": 64, "items": { "type": "string",
+        "description": "An IPv4/IPv6 address or CIDR block without host bits below the prefix." } });
     json!({
         "Error": {
             "type": "object", "additionalProperties": false,
@@ -167,8 +207,8 @@ fn schemas() -> Value {
         "TokenList": { "type": "array", "items": schema_ref("Token") },
         "TokenCreate": {
             "type": "object", "additionalProperties": false,
-            "required": ["name", "permissions"],
-            "description": "Give expires_at or expires_in, not both; neither = perpetual.",
+            "required": ["name"],
+            "description": "Give expires_at or expires_in, not both; neither = perpetual. permissions may be left out only for an extension with preset permissions (which it then takes).",
             "properties": {
                 "name": name.clone(),
                 "description": nullable(description.clone()),
@@ -177,6 +217,9 @@ fn schemas() -> Value {
                 "permissions": permissions.clone(),
                 "expires_at": nullable(expires_at.clone()),
                 "expires_in": expires_in.clone(),
+                "rate_limits": rate_limits.clone(),
+                "quota": nullable(quota_schema()),
+                "allowed_ips": allowed_ips.clone(),
             },
         },
         "TokenPatch": {
@@ -190,8 +233,22 @@ fn schemas() -> Value {
                 "permissions": permissions,
                 "expires_at": nullable(expires_at.clone()),
                 "expires_in": expires_in.clone(),
+                "rate_limits": nullable(rate_limits),
+                "quota": nullable(quota_schema()),
+                "allowed_ips": nullable(allowed_ips),
             },
         },
+        "RateLimit": {
+            "type": "object", "additionalProperties": false,
+            "required": ["requests", "per"],
+            "properties": {
+                "requests": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT_REQUESTS },
+                "per": { "type": "string", "pattern": DURATION_PATTERN,
+                    "description": "Whole seconds from 1s to 1d, e.g. 1m." },
+            },
+        },
+        "Quota": quota_schema(),
+        "QuotaUsage": quota_usage_schema(),
         "Rotate": {
             "type": "object", "additionalProperties": false,
             "properties": {
@@ -259,11 +316,13 @@ fn schemas() -> Value {
         "ModuleList": { "type": "array", "items": schema_ref("Module") },
         "Extension": {
             "type": "object", "additionalProperties": false,
-            "required": ["name", "code", "description"],
+            "required": ["name", "code", "description", "permissions"],
             "properties": {
                 "name": { "type": "string" },
                 "code": { "type": "string" },
                 "description": { "type": "string" },
+                "permissions": nullable(json!({ "type": "array", "items": { "type": "string" },
+                    "description": "Preset permissions every token of this extension gets, or null." })),
             },
         },
         "ExtensionList": { "type": "array", "items": schema_ref("Extension") },
@@ -281,7 +340,7 @@ fn error_responses() -> Value {
     json!({
         "BadRequest": e("VALIDATION (the field or parameter is named), or REQ_MALFORMED"),
         "Unauthorized": unauthorized,
-        "Forbidden": e("PERM_DENIED (no integrations permission) or PERM_ESCALATION"),
+        "Forbidden": e("PERM_DENIED (no integrations permission, or only integrations:read on a non-GET route), IP_NOT_ALLOWED (the caller's allowed_ips) or PERM_ESCALATION"),
         "NotFound": e("TOKEN_NOT_FOUND"),
         "MethodNotAllowed": e("METHOD_NOT_ALLOWED (see the Allow header)"),
         "Conflict": e("SELF_LOCKOUT or NOT_RENEWABLE"),
@@ -416,7 +475,7 @@ pub fn document() -> Value {
         "info": {
             "title": "keygate admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Token lifecycle of the keygate gateway. Every /v1 route needs `Authorization: ApiKey <id>:<secret>` of an active token with the `integrations` (or `all`) permission. Errors are `{\"error_code\", \"errors\"}`.",
+            "description": "Token lifecycle of the keygate gateway. Every /v1 route needs `Authorization: ApiKey <id>:<secret>` of an active token with the `integrations` (or `all`) permission; `integrations:read` (or `all:read`) is enough for GET routes. Errors are `{\"error_code\", \"errors\"}`.",
         },
         "servers": [{ "url": "/" }],
         "tags": [

@@ -11,8 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Ctx, Op, json_bytes};
-use crate::config::{ADMIN_MODULE, PERMISSION_ALL, parse_duration};
+use crate::config::{ADMIN_MODULE, parse_duration};
 use crate::error::ApiError;
+use crate::policy::{
+    Access, Cidr, Limiters, Quota, QuotaUsage, RateLimit, access, check_quota, check_rate_limits,
+    parse_allowed_ips,
+};
 use crate::store::Event;
 use crate::token::{PreviousSecret, Secret, Status, Token, TokenId};
 use crate::tokens::{
@@ -50,7 +54,7 @@ pub async fn dispatch(
         Op::CreateToken => create(ctx, body).await,
         Op::GetToken => {
             let t = ctx.tokens.get(id()?).await?;
-            ok(StatusCode::OK, &TokenView::new(&t, ctx.now, None))
+            answer(ctx, StatusCode::OK, &t, None).await
         }
         Op::EditToken => edit(ctx, id()?, body).await,
         Op::DeleteToken => delete(ctx, id()?).await,
@@ -112,6 +116,10 @@ pub struct TokenView<'a> {
     updated_at: String,
     created_by: Option<TokenId>,
     last_used_at: Option<String>,
+    rate_limits: &'a [RateLimit],
+    quota: Option<Quota>,
+    quota_usage: Option<QuotaUsage>,
+    allowed_ips: &'a [Cidr],
     /// `<id>:<secret>`, only in the answers to create and rotate.
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key: Option<String>,
@@ -133,9 +141,39 @@ impl<'a> TokenView<'a> {
             updated_at: rfc3339(t.updated_at),
             created_by: t.created_by,
             last_used_at: rfc3339_opt(t.last_used_at),
+            rate_limits: &t.rate_limits,
+            quota: t.quota,
+            quota_usage: None,
+            allowed_ips: &t.allowed_ips,
             api_key: secret.map(|s| format!("{}:{}", t.id, s.expose())),
         }
     }
+
+    /// The view with `quota_usage` filled in (exact, SPEC §8).
+    pub async fn with_usage(
+        t: &'a Token,
+        now: Timestamp,
+        secret: Option<&Secret>,
+        limiters: &Limiters,
+        store: &crate::store::Store,
+    ) -> TokenView<'a> {
+        let mut v = TokenView::new(t, now, secret);
+        if let Some(q) = &t.quota {
+            v.quota_usage = Some(crate::policy::quota_usage(limiters, store, t.id, q, now).await);
+        }
+        v
+    }
+}
+
+/// A token as the answer's body.
+async fn answer(
+    ctx: &Ctx<'_>,
+    status: StatusCode,
+    t: &Token,
+    secret: Option<&Secret>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let v = TokenView::with_usage(t, ctx.now, secret, ctx.limiters, ctx.tokens.store()).await;
+    ok(status, &v)
 }
 
 #[derive(Serialize)]
@@ -245,10 +283,7 @@ fn expiry(
 
 /// Whether `caller` holds every permission in `perms` (no escalation, SPEC §4).
 fn holds(caller: &Token, perms: &[String]) -> bool {
-    caller.permissions.iter().any(|p| p == PERMISSION_ALL)
-        || perms
-            .iter()
-            .all(|p| p != PERMISSION_ALL && caller.permissions.contains(p))
+    crate::policy::holds_all(&caller.permissions, perms)
 }
 
 /// The caller may grant `perms`.
@@ -295,35 +330,97 @@ struct CreateBody {
     external_id: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     extension: Option<Option<String>>,
-    permissions: Vec<String>,
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_in: Option<Option<String>>,
+    #[serde(default)]
+    rate_limits: Option<Vec<RateLimit>>,
+    #[serde(default)]
+    quota: Option<Quota>,
+    #[serde(default)]
+    allowed_ips: Option<Vec<String>>,
+}
+
+/// The preset permissions of extension `name`, if it fixes them (SPEC §8).
+fn preset<'c>(config: &'c crate::config::Config, name: &str) -> Option<&'c Vec<String>> {
+    config
+        .extensions
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.permissions.as_ref())
+}
+
+/// Whether two permission lists hold the same entries (order aside).
+fn same_permissions(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+fn preset_mismatch(extension: &str, preset: &[String]) -> ApiError {
+    ApiError::Validation(format!(
+        "permissions: extension {extension:?} fixes them to {preset:?}"
+    ))
+}
+
+/// The policies of a create or PATCH body, checked.
+fn check_policies(
+    rate_limits: Option<&[RateLimit]>,
+    quota: Option<&Quota>,
+    allowed_ips: Option<&[String]>,
+) -> Result<Option<Vec<Cidr>>, ApiError> {
+    if let Some(l) = rate_limits {
+        check_rate_limits(l)?;
+    }
+    if let Some(q) = quota {
+        check_quota(q)?;
+    }
+    allowed_ips.map(parse_allowed_ips).transpose()
 }
 
 async fn create(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
     let b: CreateBody = parse_json(body)?;
     let config = &ctx.rt.config;
-    check_permissions(&b.permissions, config)?;
-    may_grant(&ctx.caller.token, &b.permissions)?;
+    let extension = not_null(b.extension, "extension")?;
+    let ext_name = extension.as_deref().unwrap_or("custom");
+    check_extension(ext_name, config)?;
+    let permissions = match (preset(config, ext_name), b.permissions) {
+        (Some(p), None) => p.clone(),
+        (Some(p), Some(given)) if !same_permissions(p, &given) => {
+            return Err(preset_mismatch(ext_name, p));
+        }
+        (_, Some(given)) => given,
+        (None, None) => {
+            return Err(ApiError::Validation(
+                "permissions: missing field `permissions`".into(),
+            ));
+        }
+    };
+    check_permissions(&permissions, config)?;
+    may_grant(&ctx.caller.token, &permissions)?;
+    let allowed_ips = check_policies(
+        b.rate_limits.as_deref(),
+        b.quota.as_ref(),
+        b.allowed_ips.as_deref(),
+    )?;
     let expiry = expiry(b.expires_at, b.expires_in)?.unwrap_or(Expiry::Perpetual);
     let new = NewToken {
         name: b.name,
         description: b.description.unwrap_or_default(),
         external_id: b.external_id,
-        extension: not_null(b.extension, "extension")?,
-        permissions: b.permissions,
+        extension,
+        permissions,
         expiry,
+        rate_limits: b.rate_limits.unwrap_or_default(),
+        quota: b.quota,
+        allowed_ips: allowed_ips.unwrap_or_default(),
     };
     let (token, secret) = ctx
         .tokens
         .create(new, Some(ctx.caller.token.id), config, ctx.now)
         .await?;
-    let mut res = ok(
-        StatusCode::CREATED,
-        &TokenView::new(&token, ctx.now, Some(&secret)),
-    )?;
+    let mut res = answer(ctx, StatusCode::CREATED, &token, Some(&secret)).await?;
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/tokens/{}", token.id)) {
         res.headers_mut().insert(header::LOCATION, v);
     }
@@ -352,6 +449,12 @@ struct PatchBody {
     expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_in: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    rate_limits: Option<Option<Vec<RateLimit>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    quota: Option<Option<Quota>>,
+    #[serde(default, deserialize_with = "nullable")]
+    allowed_ips: Option<Option<Vec<String>>>,
 }
 
 async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -379,11 +482,19 @@ async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<B
         may_grant(&ctx.caller.token, p)?;
         // A token editing itself must keep its admin access (SPEC §4 forbids disabling
         // or deleting oneself; dropping one's own admin permission locks out as well).
-        if id == ctx.caller.token.id && !p.iter().any(|x| x == ADMIN_MODULE || x == PERMISSION_ALL)
-        {
+        if id == ctx.caller.token.id && access(p, ADMIN_MODULE) == Access::None {
             return Err(ApiError::SelfLockout("remove the admin permission from"));
         }
     }
+    // `null` and `[]` clear a policy.
+    let rate_limits = b.rate_limits.map(Option::unwrap_or_default);
+    let quota = b.quota;
+    let ips = b.allowed_ips.map(Option::unwrap_or_default);
+    let allowed_ips = check_policies(
+        rate_limits.as_deref(),
+        quota.as_ref().and_then(Option::as_ref),
+        ips.as_deref(),
+    )?;
     let expires = match expiry(b.expires_at, b.expires_in)? {
         Some(e) => Some(e.resolve(ctx.now, e.field())?),
         None => None,
@@ -414,17 +525,55 @@ async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<B
                 t.external_id = e.clone();
                 changed.push("external_id");
             }
+            // Presets (SPEC §8): a token of an extension that fixes permissions has
+            // exactly those; a PATCH to that extension sets them.
+            let ext = extension.as_deref().unwrap_or(&t.extension);
+            let mut new_perms = permissions.clone();
+            if let Some(p) = preset(config, ext) {
+                match &new_perms {
+                    Some(given) if !same_permissions(p, given) => {
+                        return Err(preset_mismatch(ext, p));
+                    }
+                    Some(_) => {}
+                    None if extension.as_deref().is_some_and(|e| *e != t.extension) => {
+                        may_grant(&ctx.caller.token, p)?;
+                        new_perms = Some(p.clone());
+                    }
+                    None => {}
+                }
+            }
             if let Some(e) = &extension
                 && *e != t.extension
             {
                 t.extension = e.clone();
                 changed.push("extension");
             }
-            if let Some(p) = &permissions
-                && *p != t.permissions
+            if let Some(p) = new_perms
+                && p != t.permissions
             {
-                t.permissions = p.clone();
+                if id == ctx.caller.token.id && access(&p, ADMIN_MODULE) == Access::None {
+                    return Err(ApiError::SelfLockout("remove the admin permission from"));
+                }
+                t.permissions = p;
                 changed.push("permissions");
+            }
+            if let Some(l) = &rate_limits
+                && *l != t.rate_limits
+            {
+                t.rate_limits = l.clone();
+                changed.push("rate_limits");
+            }
+            if let Some(q) = quota
+                && q != t.quota
+            {
+                t.quota = q;
+                changed.push("quota");
+            }
+            if let Some(a) = &allowed_ips
+                && *a != t.allowed_ips
+            {
+                t.allowed_ips = a.clone();
+                changed.push("allowed_ips");
             }
             if let Some((at, validity)) = expires {
                 if at != t.expires_at {
@@ -436,7 +585,7 @@ async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<B
             Ok(names(&changed))
         })
         .await?;
-    ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
+    answer(ctx, StatusCode::OK, &token, None).await
 }
 
 async fn set_disabled(
@@ -457,7 +606,7 @@ async fn set_disabled(
             Ok(names(&["status"]))
         })
         .await?;
-    ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
+    answer(ctx, StatusCode::OK, &token, None).await
 }
 
 #[derive(Default, Deserialize)]
@@ -506,10 +655,7 @@ async fn rotate(
             Ok(names(&fields))
         })
         .await?;
-    ok(
-        StatusCode::OK,
-        &TokenView::new(&token, ctx.now, Some(&secret)),
-    )
+    answer(ctx, StatusCode::OK, &token, Some(&secret)).await
 }
 
 #[derive(Default, Deserialize)]
@@ -551,7 +697,7 @@ async fn renew(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<
             Ok(names(&["expires_at"]))
         })
         .await?;
-    ok(StatusCode::OK, &TokenView::new(&token, ctx.now, None))
+    answer(ctx, StatusCode::OK, &token, None).await
 }
 
 async fn delete(ctx: &Ctx<'_>, id: TokenId) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -707,12 +853,11 @@ async fn list(ctx: &Ctx<'_>, query: Option<&str>) -> Result<Response<Full<Bytes>
     // Newest first, then by id: a total order, so pages never overlap or skip.
     all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
     let total = all.len();
-    let page: Vec<TokenView> = all
-        .iter()
-        .skip(q.offset)
-        .take(q.limit)
-        .map(|t| TokenView::new(t, ctx.now, None))
-        .collect();
+    let mut page: Vec<TokenView> = Vec::with_capacity(q.limit.min(total));
+    for t in all.iter().skip(q.offset).take(q.limit) {
+        let store = ctx.tokens.store();
+        page.push(TokenView::with_usage(t, ctx.now, None, ctx.limiters, store).await);
+    }
     let range = if page.is_empty() {
         format!("items */{total}")
     } else {

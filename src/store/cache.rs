@@ -31,6 +31,7 @@ use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::Store;
 use crate::config::{Config, PERMISSION_ALL};
+use crate::policy::{Access, Policy};
 use crate::token::{SecretHash, Token, TokenId};
 
 /// Unknown ids remembered at most; when full the negative cache is emptied
@@ -44,11 +45,14 @@ pub const MAX_MISS_READS: usize = 128;
 /// How long a miss waits for one of the [`MAX_MISS_READS`] slots.
 pub const MISS_READ_WAIT: Duration = Duration::from_millis(100);
 
-/// The modules a token may use, as a bitset over the configured module indices.
+/// The modules a token may use, as two bitsets over the configured module indices:
+/// full access and read-only access (`:read`, SPEC §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PermSet {
     all: bool,
+    all_read: bool,
     bits: [u64; 4],
+    read_bits: [u64; 4],
 }
 
 impl PermSet {
@@ -57,22 +61,46 @@ impl PermSet {
     pub fn from_names(names: &[String], config: &Config) -> PermSet {
         let mut set = PermSet::default();
         for n in names {
-            if n == PERMISSION_ALL {
-                set.all = true;
-            } else if let Some(i) = config.module_index(n) {
-                set.bits[i / 64] |= 1 << (i % 64);
+            let (m, read) = crate::policy::split_permission(n);
+            if m == PERMISSION_ALL {
+                if read {
+                    set.all_read = true;
+                } else {
+                    set.all = true;
+                }
+            } else if let Some(i) = config.module_index(m)
+                && let Some(w) = if read {
+                    set.read_bits.get_mut(i / 64)
+                } else {
+                    set.bits.get_mut(i / 64)
+                }
+            {
+                *w |= 1 << (i % 64);
             }
         }
         set
     }
 
-    /// Whether module `index` is allowed.
+    fn bit(words: &[u64; 4], index: usize) -> bool {
+        words
+            .get(index / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    /// Whether module `index` is allowed with every method.
     pub fn allows(&self, index: usize) -> bool {
-        self.all
-            || self
-                .bits
-                .get(index / 64)
-                .is_some_and(|w| w & (1 << (index % 64)) != 0)
+        self.all || Self::bit(&self.bits, index)
+    }
+
+    /// What the token may do in module `index`.
+    pub fn access(&self, index: usize) -> Access {
+        if self.allows(index) {
+            Access::Full
+        } else if self.all_read || Self::bit(&self.read_bits, index) {
+            Access::Read
+        } else {
+            Access::None
+        }
     }
 }
 
@@ -99,6 +127,8 @@ pub struct AuthEntry {
     pub version: u64,
     /// The configuration generation `perms` and `extension` index into.
     pub generation: u64,
+    /// Usage policies (SPEC §8); `None` for a token without any.
+    pub policy: Option<Box<Policy>>,
 }
 
 impl AuthEntry {
@@ -122,6 +152,7 @@ impl AuthEntry {
             external_id: token.external_id.as_deref().map(Box::from),
             version: token.version,
             generation: config.generation,
+            policy: Policy::of(&token.rate_limits, token.quota, &token.allowed_ips),
         }
     }
 
@@ -542,5 +573,12 @@ mod tests {
         assert!(!p.allows(0) && p.allows(1) && !p.allows(2) && !p.allows(10_000));
         let all = PermSet::from_names(&["all".into()], &config);
         assert!(all.allows(0) && all.allows(255));
+        let r = PermSet::from_names(&["a:read".into()], &config);
+        assert_eq!((r.access(0), r.access(1)), (Access::Read, Access::None));
+        let r = PermSet::from_names(&["all:read".into(), "b".into()], &config);
+        assert_eq!(
+            (r.access(0), r.access(1), r.access(9)),
+            (Access::Read, Access::Full, Access::Read)
+        );
     }
 }

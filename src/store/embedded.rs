@@ -8,6 +8,7 @@ use super::{
     BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, EventWrite, HookState, StoreError,
     StoreResult, has_active_admin,
 };
+use crate::policy::Period;
 use crate::token::{Token, TokenId};
 
 /// id → token JSON.
@@ -22,6 +23,8 @@ const COUNTS: TableDefinition<(u32, i32), [u64; 4]> = TableDefinition::new("day_
 const BATCHES: TableDefinition<[u8; 16], i64> = TableDefinition::new("applied_batches");
 /// id → last use (Unix seconds).
 const LAST_USED: TableDefinition<u32, i64> = TableDefinition::new("last_used");
+/// id → quota count: (period 0 day / 1 month, period start Unix s, requests used).
+const QUOTAS: TableDefinition<u32, (u8, i64, u64)> = TableDefinition::new("quota_usage");
 /// (id, sequence) → event JSON.
 const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
 /// Ids of tokens whose events may not all be delivered to every webhook yet.
@@ -72,6 +75,7 @@ impl EmbeddedStore {
         txn.open_table(HOOKS).map_err(unavailable)?;
         txn.open_table(MARKERS).map_err(unavailable)?;
         txn.open_table(SINCE).map_err(unavailable)?;
+        txn.open_table(QUOTAS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         Ok(EmbeddedStore {
             db,
@@ -360,6 +364,37 @@ impl EmbeddedStore {
             }
         }
         txn.commit().map_err(unavailable)
+    }
+
+    /// Writes quota counts `(id, period, start, used)` in one transaction.
+    pub fn set_quotas(&self, rows: &[(TokenId, Period, i64, u64)]) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(QUOTAS).map_err(unavailable)?;
+            for (id, period, start, used) in rows {
+                let p = u8::from(*period == Period::Month);
+                table
+                    .insert(id.number(), (p, *start, *used))
+                    .map_err(unavailable)?;
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    /// Every stored quota count.
+    pub fn quotas(&self) -> StoreResult<Vec<(TokenId, Period, i64, u64)>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(QUOTAS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(unavailable)? {
+            let (k, v) = row.map_err(unavailable)?;
+            let (p, start, used) = v.value();
+            let period = if p == 1 { Period::Month } else { Period::Day };
+            if let Some(id) = TokenId::new(k.value()) {
+                out.push((id, period, start, used));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes gateway-raised events for a live token (once per marker), if its version

@@ -17,6 +17,9 @@
 //! | `P {counts}:days` | sorted set | day numbers that have counts |
 //! | `P {counts}:<day>` | hash | `<id>:<class>` → count, class 0-3 = 2xx-5xx |
 //! | `P {counts}:batch:<hex>` | string | marker of an applied count batch, expires after [`super::BATCH_ID_TTL`] |
+//! | `P limits:{<id>}` | hash | rate-limit state: `<N>/<per_ms>:m` / `:f`, the GCRA arrival time (ms, and 1/N ms); expires after the longest `per` |
+//! | `P quota:{<id>}:<day\|month>:<start>` | string | quota count of the period starting at Unix second `start`; expires a day after the period |
+//! | `P quota:{<id>}:<day\|month>:<start>:refused` | string | set by the period's first refusal (the `token.quota_exceeded` event) |
 //!
 //! Every operation on one token touches keys of one hash slot (the `{<id>}` tag) and runs
 //! as one Lua script, which also publishes the id on `P changes`, so a change and its
@@ -43,6 +46,7 @@ use super::{
     BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, EventWrite, HookState, StoreError,
     StoreResult, has_active_admin,
 };
+use crate::policy::{Period, Policy};
 use crate::token::{Token, TokenId};
 
 /// Deadline of one store operation (connection set-up, command, answer).
@@ -182,6 +186,75 @@ for i = 2, #KEYS do
 end
 return rows";
 
+/// One request of a token with rate limits or a quota (SPEC §8), atomic: the GCRA step
+/// of every limit (state `<N>/<per_ms>:m` whole ms and `:f` the fraction in 1/N ms of
+/// the theoretical arrival time) and the quota count; everything is written only if
+/// every limit and the quota admit it. The clock is Redis's own (TIME), so instances
+/// with skewed clocks still share one limiter.
+/// KEYS: limit state hash, quota counter, first-refusal marker (all `{<id>}`).
+/// ARGV: limit count L, then per limit field, N, per_ms; then quota N (0 = none) and
+/// the quota keys' TTL (ms).
+/// Returns {verdict (0 admitted, 1 rate limited, 2 over quota), now_ms, quota used,
+/// first refusal of the period (0/1), then per limit the state (ms, frac) after the
+/// request if admitted, else as it was}.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local L = tonumber(ARGV[1])
+local old, new = {}, {}
+local ok = true
+local maxper = 0
+for i = 0, L - 1 do
+  local f, n, per = ARGV[2 + 3 * i], tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
+  local cur = redis.call('HMGET', KEYS[1], f .. 'm', f .. 'f')
+  local m, fr = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
+  old[i + 1] = {m, fr}
+  if m < now then m, fr = now, 0 end
+  local q = math.floor(per / n)
+  local nm, nf = m + q, fr + (per - q * n)
+  if nf >= n then nm, nf = nm + 1, nf - n end
+  local ahead = nm - now
+  if ahead > per or (ahead == per and nf > 0) then ok = false end
+  new[i + 1] = {nm, nf}
+  if per > maxper then maxper = per end
+end
+local qn = tonumber(ARGV[2 + 3 * L])
+local ttl = ARGV[3 + 3 * L]
+local used = 0
+if qn > 0 then used = tonumber(redis.call('GET', KEYS[2]) or '0') end
+local out = {0, now, used, 0}
+if not ok then
+  out[1] = 1
+elseif qn > 0 and used >= qn then
+  out[1] = 2
+  if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then out[4] = 1 end
+end
+local st = new
+if out[1] ~= 0 then st = old end
+for i = 1, L do
+  out[3 + 2 * i] = st[i][1]
+  out[4 + 2 * i] = st[i][2]
+end
+if out[1] == 0 then
+  for i = 0, L - 1 do
+    local f = ARGV[2 + 3 * i]
+    redis.call('HSET', KEYS[1], f .. 'm', string.format('%.0f', new[i + 1][1]),
+      f .. 'f', string.format('%.0f', new[i + 1][2]))
+  end
+  if L > 0 then redis.call('PEXPIRE', KEYS[1], maxper + 1000) end
+  if qn > 0 then
+    out[3] = redis.call('INCR', KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+return out";
+
+/// Adds counts made while Redis was unreachable. KEYS: quota counter. ARGV: n, TTL (ms).
+const ADD_QUOTA: &str = r"
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v";
+
 /// Release a lock only if we still hold it. KEYS: lock. ARGV: our value.
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -266,6 +339,23 @@ struct Scripts {
     hook_lease: Script,
     hook_save: Script,
     settle: Script,
+    admit: Script,
+    add_quota: Script,
+}
+
+/// Redis's answer to one [`RedisStore::admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisVerdict {
+    /// 0 admitted, 1 over a rate limit, 2 over the quota.
+    pub verdict: u8,
+    /// Redis's clock (Unix ms).
+    pub now_ms: i64,
+    /// The quota count of the period (after this request if admitted).
+    pub quota_used: u64,
+    /// The first refusal of the token in this quota period.
+    pub first_refusal: bool,
+    /// Each limit's theoretical arrival time in `1/N` ms (after this request if admitted).
+    pub tats: Vec<i128>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -371,6 +461,8 @@ impl RedisStore {
                 hook_lease: Script::new(HOOK_LEASE),
                 hook_save: Script::new(HOOK_SAVE),
                 settle: Script::new(SETTLE),
+                admit: Script::new(ADMIT),
+                add_quota: Script::new(ADD_QUOTA),
             },
             events_written: tokio::sync::Notify::new(),
         };
@@ -406,6 +498,21 @@ impl RedisStore {
 
     fn pending_key(&self) -> String {
         format!("{}pending", self.prefix)
+    }
+
+    /// The rate-limit state of a token (its `{<id>}` slot).
+    fn limits_key(&self, id: TokenId) -> String {
+        format!("{}limits:{{{}}}", self.prefix, id.number())
+    }
+
+    /// A token's quota count for the period of `kind` starting at Unix second `start`.
+    fn quota_key(&self, id: TokenId, period: Period, start: i64) -> String {
+        format!(
+            "{}quota:{{{}}}:{}:{start}",
+            self.prefix,
+            id.number(),
+            period.as_str()
+        )
     }
 
     fn ids_key(&self) -> String {
@@ -808,6 +915,79 @@ impl RedisStore {
         results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
+    /// Decides on one request of a token with limits or a quota, exactly for every
+    /// instance together: one Lua script (see [`ADMIT`]). `quota`: the period and its
+    /// bounds (Unix s) by this instance's clock; `now_ms` sets the keys' TTL.
+    pub async fn admit(
+        &self,
+        id: TokenId,
+        policy: &Policy,
+        quota: Option<(Period, i64, i64)>,
+        now_ms: i64,
+    ) -> StoreResult<RedisVerdict> {
+        let (period, start, end) = quota.unwrap_or((Period::Day, 0, 0));
+        let quota_key = self.quota_key(id, period, start);
+        let mut inv = self.scripts.admit.prepare_invoke();
+        inv.key(self.limits_key(id))
+            .key(&quota_key)
+            .key(format!("{quota_key}:refused"));
+        inv.arg(policy.limits.len());
+        for l in policy.limits.iter() {
+            inv.arg(format!("{}/{}:", l.requests, l.per_ms))
+                .arg(l.requests)
+                .arg(l.per_ms);
+        }
+        let qn = policy
+            .quota
+            .filter(|_| quota.is_some())
+            .map_or(0, |q| q.requests);
+        inv.arg(qn).arg(quota_ttl_ms(end, now_ms));
+        let out: Vec<i64> = self.script(inv).await?;
+        let bad = || StoreError::Corrupt("unexpected answer of the admit script".into());
+        if out.len() != 4 + 2 * policy.limits.len() {
+            return Err(bad());
+        }
+        let tats = policy
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                i128::from(out[4 + 2 * i]) * i128::from(l.requests) + i128::from(out[5 + 2 * i])
+            })
+            .collect();
+        Ok(RedisVerdict {
+            verdict: u8::try_from(out[0]).map_err(|_| bad())?,
+            now_ms: out[1],
+            quota_used: u64::try_from(out[2]).unwrap_or(0),
+            first_refusal: out[3] == 1,
+            tats,
+        })
+    }
+
+    /// Adds `n` requests admitted while Redis was unreachable to a quota period.
+    pub async fn add_quota(
+        &self,
+        id: TokenId,
+        period: Period,
+        start: i64,
+        n: u64,
+    ) -> StoreResult<()> {
+        let (_, end) = period.bounds(start);
+        let mut inv = self.scripts.add_quota.prepare_invoke();
+        inv.key(self.quota_key(id, period, start))
+            .arg(n)
+            .arg(quota_ttl_ms(end, jiff::Timestamp::now().as_millisecond()));
+        self.script::<i64>(inv).await.map(|_| ())
+    }
+
+    /// A token's quota count for a period.
+    pub async fn quota_used(&self, id: TokenId, period: Period, start: i64) -> StoreResult<u64> {
+        let v: Option<u64> = self
+            .query(redis::cmd("GET").arg(self.quota_key(id, period, start)))
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
     /// Writes gateway-raised events for a live token (once per marker), if its version
     /// is still `expected_version` (when given); how many were written.
     pub async fn raise(
@@ -1001,6 +1181,11 @@ impl RedisStore {
             .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
             .unwrap_or(now))
     }
+}
+
+/// A quota key lives until a day after its period ends (so late reads still find it).
+fn quota_ttl_ms(end: i64, now_ms: i64) -> i64 {
+    (end.saturating_mul(1000) - now_ms).max(0) + 86_400_000
 }
 
 fn encode(token: &Token) -> StoreResult<String> {

@@ -268,6 +268,7 @@ impl TestGateway {
             extension: None,
             permissions: permissions.iter().map(|s| s.to_string()).collect(),
             expiry: Expiry::Perpetual,
+            ..NewToken::default()
         };
         edit(&mut new);
         let (t, secret) = self

@@ -165,6 +165,13 @@ try {
       await dlg.getByText('Create and control the lifecycle of agreements').waitFor();
       await shot(page, 'wizard-permissions-1280');
       await dlg.getByLabel(/^agreements/).check();
+      // A read-only choice per module, and the Limits part.
+      await dlg.getByLabel(/^billing/).check();
+      await dlg.getByLabel('Access to billing').selectOption('read');
+      assert(await dlg.getByLabel('Access to catalog').isDisabled(), 'the level of an unchecked module is disabled');
+      await dlg.getByLabel('Rate limits').fill('100/1m, 1000/1h');
+      await dlg.getByLabel('Quota').fill('1000/month');
+      await dlg.getByLabel('Allowed client addresses').fill('127.0.0.1');
       await dlg.getByRole('button', { name: 'Create', exact: true }).click();
       // Step 5: the summary with the key.
       await dlg.getByRole('heading', { name: 'Token created' }).waitFor();
@@ -172,7 +179,8 @@ try {
       assert(/^SU-\d{3}-\d{3}-\d{3}:[0-9a-f]{40}$/.test(key), `key shape: ${key}`);
       tokenId = key.split(':')[0];
       const summary = await page.locator('#w-summary').innerText();
-      assert(summary.includes('Zapier EXT-816') && summary.includes('agreements'), `summary: ${summary}`);
+      assert(summary.includes('Zapier EXT-816') && summary.includes('agreements, billing:read'), `summary: ${summary}`);
+      assert(summary.includes('100/1m, 1000/1h') && summary.includes('1000/month') && summary.includes('127.0.0.1/32'), `summary: ${summary}`);
       await dlg.getByRole('button', { name: 'Copy', exact: true }).click();
       await until('Copied', async () => (await page.locator('#w-copy').innerText()) === 'Copied', 3000);
       const clip = await page.evaluate(() => navigator.clipboard.readText());
@@ -188,13 +196,16 @@ try {
     assert(!page.url().includes(secret), 'secret in the page URL');
   });
 
-  await check('the shown key works on the proxy listener (200), and 403 outside its modules', async () => {
+  await check('the shown key works on the proxy listener (200, with RateLimit headers), and 403 outside its modules', async () => {
+    const res = await fetch(`${PROXY_URL}/public/v1/agreements/headers`, { method: 'HEAD', headers: { Authorization: `ApiKey ${key}` } });
+    assert(res.headers.get('ratelimit-policy') === '"100/1m";q=100;w=60, "1000/1h";q=1000;w=3600', `policy: ${res.headers.get('ratelimit-policy')}`);
+    assert(/^"100\/1m";r=99;t=1$/.test(res.headers.get('ratelimit') || ''), `ratelimit: ${res.headers.get('ratelimit')}`);
     for (let i = 0; i < 3; i++) {
       const r = await proxy(`/public/v1/agreements/e2e-${i}`, key);
       assert(r.status === 200, `agreements answered ${r.status} ${r.code}`);
     }
-    const denied = await proxy('/public/v1/billing/requests', key);
-    assert(denied.status === 403 && denied.code === 'PERM_DENIED', `billing answered ${denied.status} ${denied.code}`);
+    const denied = await proxy('/public/v1/catalog/products', key);
+    assert(denied.status === 403 && denied.code === 'PERM_DENIED', `catalog answered ${denied.status} ${denied.code}`);
   });
 
   await check('Go to details: General and Permissions tabs', async () => {
@@ -204,17 +215,22 @@ try {
     assert((await page.locator('#w-key').inputValue()) === '', 'the shown key is cleared from the page');
     const general = await page.locator('#general-list').innerText();
     assert(general.includes('Made by the console end-to-end test') && general.includes('e2e-ext-1'), `general: ${general}`);
+    // The HEAD above and the 3 GETs were admitted: 4 of the quota, shown as a bar.
+    assert(general.includes('100/1m, 1000/1h') && general.includes('4 of 1000 this month') && general.includes('127.0.0.1/32'), `general: ${general}`);
+    const meter = page.locator('#general-list meter.quota');
+    assert((await meter.getAttribute('value')) === '4' && (await meter.getAttribute('max')) === '1000', 'quota bar');
     await page.getByRole('tab', { name: 'Permissions' }).click();
     const perms = await page.locator('#perms-body').innerText();
-    assert(/agreements\s+Enabled/.test(perms), `perms: ${perms}`);
-    assert(/billing\s+Disabled/.test(perms), `perms: ${perms}`);
-    assert(/All\s+Disabled/.test(perms), `perms: ${perms}`);
+    assert(/agreements\s+Full access/.test(perms), `perms: ${perms}`);
+    assert(/billing\s+Read only/.test(perms), `perms: ${perms}`);
+    assert(/catalog\s+No access/.test(perms), `perms: ${perms}`);
+    assert(/All\s+No access/.test(perms), `perms: ${perms}`);
   });
 
-  await check('the Statistics tab shows the counts (3 × 2xx, 1 × 4xx) and a chart', async () => {
+  await check('the Statistics tab shows the counts (4 × 2xx, 1 × 4xx) and a chart', async () => {
     await page.getByRole('tab', { name: 'Statistics' }).click();
     await until(
-      'the totals 3/1',
+      'the totals 4/1',
       async () => {
         const err = page.locator('#stats-error');
         if (await err.isVisible()) {
@@ -223,7 +239,7 @@ try {
           if (text.includes('NOT_FOUND') || text.includes('METHOD_NOT_ALLOWED')) throw Object.assign(new Error(`stats error: ${text}`), { final: true });
         }
         const n = async (c) => page.locator(`#stats-totals [data-class="${c}"] .n`).innerText();
-        if ((await n('2xx')) === '3' && (await n('4xx')) === '1' && (await n('Total')) === '4') return true;
+        if ((await n('2xx')) === '4' && (await n('4xx')) === '1' && (await n('Total')) === '5') return true;
         await page.getByRole('button', { name: '↻ Refresh' }).last().click();
         return false;
       },
@@ -300,6 +316,25 @@ try {
     assert(!(await page.locator('#dlg-wizard').isVisible()), 'Escape closed the wizard');
     assert(await page.evaluate(() => document.activeElement.id === 'create-btn'), 'focus back on Create token');
     await page.locator('#tokens-body tr', { hasText: 'keyboard token' }).waitFor();
+  });
+
+  await check('an extension with preset permissions: the wizard shows them instead of asking', async () => {
+    await page.getByRole('button', { name: '+ Create token' }).click();
+    const dlg = page.locator('#dlg-wizard');
+    await dlg.waitFor();
+    await dlg.getByLabel('Name', { exact: true }).fill('preset token');
+    await dlg.getByRole('button', { name: 'Next', exact: true }).click();
+    await dlg.getByRole('button', { name: 'Next', exact: true }).click();
+    await dlg.getByText('Devops EXT-005').click();
+    await dlg.getByRole('button', { name: 'Next', exact: true }).click();
+    const note = await page.locator('#w-preset').innerText();
+    assert(note.includes('catalog:read'), `preset: ${note}`);
+    assert(!(await page.locator('#w-perms').isVisible()), 'the checklist is hidden');
+    await dlg.getByRole('button', { name: 'Create', exact: true }).click();
+    await dlg.getByRole('heading', { name: 'Token created' }).waitFor();
+    const summary = await page.locator('#w-summary').innerText();
+    assert(/Permissions\s+catalog:read/.test(summary), `summary: ${summary}`);
+    await page.keyboard.press('Escape');
   });
 
   await check('paging with Content-Range, and the extension filter', async () => {

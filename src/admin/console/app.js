@@ -692,35 +692,132 @@
 
   // ---------------------------------------------------------------- permissions checklist
 
-  /** Fills `box` with the "All modules" box and one box per module; `selected` checked. */
-  function fillPermissions(box, selected, idPrefix) {
-    const all = selected.length === 1 && selected[0] === 'all';
-    const allBox = h('input', { type: 'checkbox', value: 'all', id: `${idPrefix}-all` });
-    allBox.checked = all;
-    const boxes = [];
-    const rows = permissionChoices().map((m) => {
-      const cb = h('input', { type: 'checkbox', value: m.name, id: `${idPrefix}-${m.name}` });
-      cb.checked = all || selected.includes(m.name);
-      cb.disabled = all;
-      boxes.push(cb);
-      return h('label', { for: cb.id }, cb, h('span', {}, m.name, m.description ? h('span', { class: 'desc', text: m.description }) : null));
-    });
-    allBox.addEventListener('change', () => {
-      for (const cb of boxes) {
-        cb.disabled = allBox.checked;
-        if (allBox.checked) cb.checked = true;
-      }
-    });
-    box.replaceChildren(
-      h('label', { class: 'all', for: allBox.id }, allBox, h('span', {}, 'All modules', h('span', { class: 'desc', text: 'Every module, including modules added later' }))),
-      ...rows,
-    );
+  /** A "Full access / Read only" choice for one row of the checklist. */
+  function levelSelect(id, value, label) {
+    const sel = h('select', { id, class: 'level', 'aria-label': label },
+      h('option', { value: 'full', text: 'Full access' }),
+      h('option', { value: 'read', text: 'Read only' }));
+    sel.value = value;
+    return sel;
   }
 
+  /**
+   * Fills `box` with the "All modules" row and one row per module, each a checkbox and
+   * an access level (full, or read only: GET, HEAD and OPTIONS); `selected` is a
+   * permission list such as ["agreements:read", "billing"] or ["all:read", "billing"].
+   */
+  function fillPermissions(box, selected, idPrefix) {
+    const all = selected.includes('all');
+    const allRead = selected.includes('all:read');
+    const allBox = h('input', { type: 'checkbox', value: 'all', id: `${idPrefix}-all` });
+    allBox.checked = all || allRead;
+    const allLevel = levelSelect(`${idPrefix}-all-level`, allRead ? 'read' : 'full', 'Access to all modules');
+    const rows = [];
+    const items = permissionChoices().map((m) => {
+      const cb = h('input', { type: 'checkbox', value: m.name, id: `${idPrefix}-${m.name}` });
+      const held = selected.includes(m.name) ? 'full' : selected.includes(`${m.name}:read`) ? 'read' : null;
+      cb.checked = all || held !== null;
+      const lvl = levelSelect(`${idPrefix}-${m.name}-level`, held || 'full', `Access to ${m.name}`);
+      rows.push([cb, lvl]);
+      cb.addEventListener('change', () => { lvl.disabled = !cb.checked || cb.disabled; });
+      return h('div', { class: 'perm-row' },
+        h('label', { for: cb.id }, cb, h('span', {}, m.name, m.description ? h('span', { class: 'desc', text: m.description }) : null)),
+        lvl);
+    });
+    const sync = () => {
+      // Full access to all modules covers every row; read-only all leaves rows free
+      // for full access to some modules.
+      const everything = allBox.checked && allLevel.value === 'full';
+      allLevel.disabled = !allBox.checked;
+      for (const [cb, lvl] of rows) {
+        cb.disabled = everything;
+        if (everything) cb.checked = true;
+        lvl.disabled = everything || !cb.checked;
+      }
+    };
+    allBox.addEventListener('change', sync);
+    allLevel.addEventListener('change', sync);
+    box.replaceChildren(
+      h('div', { class: 'perm-row all' },
+        h('label', { class: 'all', for: allBox.id }, allBox, h('span', {}, 'All modules', h('span', { class: 'desc', text: 'Every module, including modules added later' }))),
+        allLevel),
+      ...items,
+    );
+    sync();
+  }
+
+  /** The permission list the checklist stands for. */
   function readPermissions(box) {
-    const boxes = [...box.querySelectorAll('input[type=checkbox]')];
-    if (boxes.some((b) => b.value === 'all' && b.checked)) return ['all'];
-    return boxes.filter((b) => b.checked && b.value !== 'all').map((b) => b.value);
+    const allBox = box.querySelector('input[value=all]');
+    const allLevel = box.querySelector('select.level');
+    if (allBox && allBox.checked && allLevel.value === 'full') return ['all'];
+    const out = allBox && allBox.checked ? ['all:read'] : [];
+    for (const row of box.querySelectorAll('.perm-row:not(.all)')) {
+      const cb = row.querySelector('input[type=checkbox]');
+      const lvl = row.querySelector('select.level');
+      if (!cb.checked) continue;
+      // Read access is already given by "all:read".
+      if (lvl.value === 'read' && out.length && out[0] === 'all:read') continue;
+      out.push(lvl.value === 'read' ? `${cb.value}:read` : cb.value);
+    }
+    return out;
+  }
+
+  /** What a permission list gives to module `name`: 'full', 'read' or null. */
+  function accessTo(perms, name) {
+    if (perms.includes('all') || perms.includes(name)) return 'full';
+    if (perms.includes('all:read') || perms.includes(`${name}:read`)) return 'read';
+    return null;
+  }
+
+  // ---------------------------------------------------------------- usage policies
+
+  /** Parses "100/1m, 10/1s" into rate limits; throws a message naming the entry. */
+  function parseRateLimits(text) {
+    const out = [];
+    for (const part of text.split(',').map((x) => x.trim()).filter(Boolean)) {
+      const m = /^(\d+)\s*\/\s*(\d+[smhd])$/.exec(part);
+      if (!m) throw new Error(`Rate limit "${part}": write requests/period, e.g. 100/1m.`);
+      out.push({ requests: Number(m[1]), per: m[2] });
+    }
+    if (out.length > 4) throw new Error('At most 4 rate limits.');
+    return out;
+  }
+
+  /** Parses "100000/month" into a quota (null when empty). */
+  function parseQuota(text) {
+    const t = text.trim();
+    if (!t) return null;
+    const m = /^(\d+)\s*\/\s*(day|month)$/.exec(t);
+    if (!m) throw new Error(`Quota "${t}": write requests/day or requests/month, e.g. 100000/month.`);
+    return { requests: Number(m[1]), period: m[2] };
+  }
+
+  function parseIps(text) {
+    return text.split(',').map((x) => x.trim()).filter(Boolean);
+  }
+
+  function rateLimitsText(t) {
+    return (t.rate_limits || []).map((l) => `${l.requests}/${l.per}`).join(', ');
+  }
+
+  function quotaText(t) {
+    return t.quota ? `${t.quota.requests}/${t.quota.period}` : '';
+  }
+
+  /** The quota's use this period as a bar and a sentence. */
+  function quotaUse(t) {
+    if (!t.quota) return 'None';
+    const u = t.quota_usage || { used: 0 };
+    const meter = h('meter', { class: 'quota', min: '0', max: String(t.quota.requests), value: String(Math.min(u.used, t.quota.requests)), high: String(t.quota.requests * 0.9), 'aria-label': 'Quota used' });
+    const until = u.period_end ? ` (resets ${fmtTime(u.period_end)})` : '';
+    return h('span', { class: 'quota-use' }, meter, `${num(u.used)} of ${num(t.quota.requests)} this ${t.quota.period}${until}`);
+  }
+
+  /** The preset permissions of extension `name`, or null. */
+  function presetOf(name) {
+    const e = extension(name);
+    return e && Array.isArray(e.permissions) ? e.permissions : null;
   }
 
   function checkGeneral(name, external, description) {
@@ -787,6 +884,19 @@
     if (first) first.focus();
   }
 
+  /** The preset permissions of the extension chosen in the wizard, or null. */
+  function wizardPreset() {
+    const ext = document.querySelector('input[name=w-extension]:checked');
+    return ext ? presetOf(ext.value) : null;
+  }
+
+  /** Step 4 shows an extension's preset instead of asking (SPEC §8). */
+  function showPreset(box, note, preset, extName) {
+    note.hidden = !preset;
+    box.hidden = !!preset;
+    if (preset) note.textContent = `The ${extLabel(extName)} extension sets the permissions of its tokens: ${preset.join(', ')}.`;
+  }
+
   function wizardExpiry() {
     const v = (document.querySelector('input[name=w-expiry]:checked') || {}).value || '30d';
     return v;
@@ -804,8 +914,16 @@
     if (n === 3 && !document.querySelector('input[name=w-extension]:checked')) {
       return [null, 'Choose an extension.'];
     }
-    if (n === 4 && readPermissions($('w-perms')).length === 0) {
+    if (n === 4 && !wizardPreset() && readPermissions($('w-perms')).length === 0) {
       return [$('w-perms').querySelector('input'), 'Choose at least one module, or All modules.'];
+    }
+    if (n === 4) {
+      try {
+        parseRateLimits($('w-rate').value);
+        parseQuota($('w-quota').value);
+      } catch (e) {
+        return [$('w-rate'), e.message];
+      }
     }
     return null;
   }
@@ -822,6 +940,10 @@
     hideError($('wiz-error'));
     if (wiz.step < 4) {
       showStep(wiz.step + 1);
+      if (wiz.step === 4) {
+        const ext = document.querySelector('input[name=w-extension]:checked').value;
+        showPreset($('w-perms'), $('w-preset'), wizardPreset(), ext);
+      }
       focusStep(wiz.step);
       return;
     }
@@ -829,8 +951,14 @@
       name: $('w-name').value.trim(),
       description: $('w-description').value,
       extension: document.querySelector('input[name=w-extension]:checked').value,
-      permissions: readPermissions($('w-perms')),
     };
+    if (!wizardPreset()) body.permissions = readPermissions($('w-perms'));
+    const limits = parseRateLimits($('w-rate').value);
+    if (limits.length) body.rate_limits = limits;
+    const quota = parseQuota($('w-quota').value);
+    if (quota) body.quota = quota;
+    const ips = parseIps($('w-ips').value);
+    if (ips.length) body.allowed_ips = ips;
     const external = $('w-external').value.trim();
     if (external) body.external_id = external;
     const exp = wizardExpiry();
@@ -852,6 +980,9 @@
           ['Expires', fmtExpiry(t)],
           ['Extension', extLabel(t.extension)],
           ['Permissions', t.permissions.join(', ')],
+          ['Rate limits', rateLimitsText(t) || 'None'],
+          ['Quota', quotaText(t) || 'None'],
+          ['Allowed addresses', (t.allowed_ips || []).join(', ') || 'Any'],
           ['Status', badge(t.status)],
         ]),
       );
@@ -943,14 +1074,21 @@
         ['Updated', fmtTime(t.updated_at)],
         ['Last used', t.last_used_at ? fmtTime(t.last_used_at) : 'Never'],
         ['Permissions', t.permissions.join(', ')],
+        ['Rate limits', rateLimitsText(t) || 'None'],
+        ['Quota', quotaUse(t)],
+        ['Allowed addresses', (t.allowed_ips || []).join(', ') || 'Any'],
       ]),
     );
-    const all = t.permissions.includes('all');
-    const row = (name, on) => h('tr', {}, h('td', { text: name }), h('td', {}, h('span', { class: `badge ${on ? 'enabled' : 'off'}`, text: on ? 'Enabled' : 'Disabled' })));
+    const label = { full: 'Full access', read: 'Read only' };
+    const row = (name, access) => h('tr', {}, h('td', { text: name }), h('td', {}, h('span', { class: `badge ${access ? 'enabled' : 'off'}`, text: access ? label[access] : 'No access' })));
     const names = permissionChoices().map((m) => m.name);
     // Names the token holds that the configuration no longer has still show.
-    for (const p of t.permissions) if (p !== 'all' && !names.includes(p)) names.push(p);
-    $('perms-body').replaceChildren(row('All', all), ...names.map((n) => row(n, all || t.permissions.includes(n))));
+    for (const p of t.permissions) {
+      const n = p.replace(/:read$/, '');
+      if (n !== 'all' && !names.includes(n)) names.push(n);
+    }
+    const allAccess = t.permissions.includes('all') ? 'full' : t.permissions.includes('all:read') ? 'read' : null;
+    $('perms-body').replaceChildren(row('All', allAccess), ...names.map((n) => row(n, accessTo(t.permissions, n))));
     if (state.tab === 'edit') fillEdit();
   }
 
@@ -1119,6 +1257,10 @@
     $('e-expiry-date').value = '';
     $('e-expiry-date').min = todayUtc();
     fillPermissions($('e-perms'), t.permissions, 'ep');
+    showPreset($('e-perms'), $('e-preset'), presetOf(t.extension), t.extension);
+    $('e-rate').value = rateLimitsText(t);
+    $('e-quota').value = quotaText(t);
+    $('e-ips').value = (t.allowed_ips || []).join(', ');
     hideError($('edit-error'));
   }
 
@@ -1141,12 +1283,24 @@
     if (description !== (t.description || '')) patch.description = description;
     if (external !== (t.external_id || '')) patch.external_id = external || null;
     if ($('e-extension').value !== t.extension) patch.extension = $('e-extension').value;
-    const perms = readPermissions($('e-perms'));
-    if (!perms.length) {
-      showErrorIn(err, 'Choose at least one module, or All modules.');
+    // An extension with preset permissions sets them itself.
+    if (!presetOf($('e-extension').value)) {
+      const perms = readPermissions($('e-perms'));
+      if (!perms.length) {
+        showErrorIn(err, 'Choose at least one module, or All modules.');
+        return;
+      }
+      if (perms.slice().sort().join(',') !== t.permissions.slice().sort().join(',')) patch.permissions = perms;
+    }
+    try {
+      if ($('e-rate').value.trim() !== rateLimitsText(t)) patch.rate_limits = parseRateLimits($('e-rate').value);
+      if ($('e-quota').value.trim() !== quotaText(t)) patch.quota = parseQuota($('e-quota').value);
+    } catch (e) {
+      showErrorIn(err, e.message);
       return;
     }
-    if (perms.slice().sort().join(',') !== t.permissions.slice().sort().join(',')) patch.permissions = perms;
+    const ips = parseIps($('e-ips').value);
+    if (ips.join(', ') !== (t.allowed_ips || []).join(', ')) patch.allowed_ips = ips;
     const exp = $('e-expiry').value;
     if (exp === 'custom') {
       const badDate = checkDate($('e-expiry-date').value);
@@ -1177,6 +1331,11 @@
   }
 
   // ---------------------------------------------------------------- wiring
+
+  function editExtensionChanged() {
+    const ext = $('e-extension').value;
+    showPreset($('e-perms'), $('e-preset'), presetOf(ext), ext);
+  }
 
   function debounce(fn, ms) {
     let timer = null;
@@ -1236,6 +1395,7 @@
     l.limit = +$('page-size').value;
 
     $('create-btn').addEventListener('click', openWizard);
+    $('e-extension').addEventListener('change', editExtensionChanged);
     $('wizard-form').addEventListener('submit', submitWizard);
     $('wiz-back').addEventListener('click', () => {
       hideError($('wiz-error'));
