@@ -871,3 +871,40 @@ async fn scan_raises_each_expiry_event_once_across_restarts() {
     assert_eq!(actions, ["expired"]);
     gw.stop().await;
 }
+
+/// Through the proxy: the first request refused for the quota raises
+/// `token.quota_exceeded`; further refusals in the same period raise nothing.
+#[tokio::test]
+async fn quota_exceeded_through_the_proxy_once_per_period() {
+    let up = spawn_upstream().await;
+    let r = Receiver::start().await;
+    let toml = format!(
+        "[events]\nfirst_retry = \"50ms\"\n{}",
+        module_toml("a", &["/a"], &up.url(), "")
+    ) + &hook_toml("r", &r.url(), "events = [\"token.quota_exceeded\"]");
+    let gw = spawn_gateway(&toml).await;
+    let a = call(
+        &gw,
+        Method::POST,
+        "/v1/tokens",
+        r#"{"name": "q", "permissions": ["a"], "quota": {"requests": 1, "period": "day"}}"#,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let key = a.json()["api_key"].as_str().unwrap().to_string();
+    assert_eq!(get(&gw.url("/a/x"), Some(&key)).await.status, 200);
+    for _ in 0..3 {
+        let a = get(&gw.url("/a/x"), Some(&key)).await;
+        assert_eq!(
+            (a.status.as_u16(), a.code()),
+            (429, "QUOTA_EXCEEDED".to_string())
+        );
+    }
+    r.wait_for("quota_exceeded", |g| !g.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.types_of(&id), ["token.quota_exceeded"]);
+    let j = r.ok()[0].json();
+    assert_eq!(j["data"]["actor"], Value::Null);
+    gw.stop().await;
+}
