@@ -311,6 +311,7 @@ async fn quota_is_exact_all_or_nothing_and_survives_a_restart() {
     assert_eq!(count(&answers, StatusCode::OK), 3);
     let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
     assert!(refused.iter().all(|a| a.code() == "QUOTA_EXCEEDED"));
+    assert_one_quota_event(&gw, &admin, &id).await;
     let now = jiff::Timestamp::now().as_second();
     let midnight = (now / 86_400 + 1) * 86_400;
     let retry: i64 = header(refused[0], "retry-after").parse().unwrap();
@@ -689,6 +690,37 @@ async fn two_instances_share_limits(redis: &TestRedis, prefix: &str) {
         .await;
         assert_eq!(t.json()["quota_usage"]["used"], 7);
     }
+    assert_one_quota_event(&a, &admin, &id).await;
+}
+
+/// `token.quota_exceeded` is recorded once for the period, however many refusals and
+/// instances saw it.
+async fn assert_one_quota_event(gw: &TestGateway, admin: &str, id: &str) {
+    let count = async || {
+        let a = admin_call(
+            gw,
+            Method::GET,
+            &format!("/v1/tokens/{id}/events"),
+            Some(admin),
+            "",
+        )
+        .await;
+        let events = a.json();
+        let n = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "quota_exceeded")
+            .count();
+        n
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || count().await == 1).await,
+        "no quota_exceeded event"
+    );
+    // More refusals in the same period add none.
+    tokio::task::yield_now().await;
+    assert_eq!(count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

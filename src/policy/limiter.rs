@@ -285,13 +285,15 @@ impl Limiters {
         tats: &[i128],
         quota_used: Option<u64>,
     ) {
+        // Answers to concurrent requests arrive in any order; both values only grow
+        // (within a period), so the larger one is the later state.
         self.with(id, |st| {
             st.align(policy, now_ms);
             for (s, t) in st.limits.iter_mut().zip(tats) {
-                s.tat = *t;
+                s.tat = s.tat.max(*t);
             }
             if let (Some(q), Some(used)) = (st.quota.as_mut(), quota_used) {
-                q.used = used + q.unsynced;
+                q.used = q.used.max(used + q.unsynced);
             }
         });
     }
@@ -540,6 +542,23 @@ mod tests {
             l.admit(id(), &p, T0, false),
             Admission::Refused(_)
         ));
+    }
+
+    /// Regression: answers of concurrent Redis calls mirrored out of order made the
+    /// count go back (an instance then admitted one more while Redis was down).
+    #[test]
+    fn mirrored_state_never_goes_back() {
+        let l = Limiters::new();
+        let p = policy(&[(5, "1s")], Some((5, Period::Day)));
+        let start = Period::Day.bounds(T0 / 1000).0;
+        let tat = |k: i128| i128::from(T0) * 5 + k * 1000;
+        l.mirror(id(), &p, T0, &[tat(2)], Some(2));
+        l.mirror(id(), &p, T0, &[tat(1)], Some(1));
+        assert_eq!(l.quota_used(id(), Period::Day, start), Some(2));
+        let admitted = (0..5)
+            .filter(|_| matches!(l.admit(id(), &p, T0, true), Admission::Admitted(_)))
+            .count();
+        assert_eq!(admitted, 3);
     }
 
     #[test]
