@@ -706,13 +706,12 @@ async fn assert_one_quota_event(gw: &TestGateway, admin: &str, id: &str) {
         )
         .await;
         let events = a.json();
-        let n = events
+        events
             .as_array()
             .unwrap()
             .iter()
             .filter(|e| e["action"] == "quota_exceeded")
-            .count();
-        n
+            .count()
     };
     assert!(
         eventually(Duration::from_secs(5), async || count().await == 1).await,
