@@ -12,7 +12,8 @@
 #   (comparing builds); SKIP_BUILD=1 uses target/release as it is.
 #   CALLGRIND=N: instead of wrk rounds, run each proxy under valgrind's callgrind for N
 #   requests after a warm-up and print user-space instructions per request (noise-free;
-#   the profiles stay in $KEEP, default /tmp/keygate-callgrind, for callgrind_annotate).
+#   the profiles stay in $KEEP, default /tmp/keygate-callgrind, for callgrind_annotate;
+#   ONLY_KEYGATE=1 skips the other two).
 #   POLICY=1 (every token carries two rate limits that never trip, 10^9/1s and 10^9/1d,
 #   and allowed_ips = 127.0.0.0/8: compare its keygate figures with a plain run)
 #
@@ -254,6 +255,7 @@ PY
     echo "$name: $((ir / (CALLGRIND / 8 * 8))) instructions per request ($CALLGRIND requests; profile $KEEP/$name.*)"
   }
   KEYGATE_LOG=warn measure keygate "$KG" "$KEYGATE" serve --config "$WORK/keygate.toml"
+  [ -n "${ONLY_KEYGATE:-}" ] && exit 0
   measure bare "$BP" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" "$WORK/keys" 1
   measure nginx "$NG" "$NGINX" -c "$WORK/gw/nginx.conf" -p "$WORK/gw"
   exit 0

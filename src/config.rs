@@ -47,6 +47,10 @@ pub const DEFAULT_MAX_TOKEN_SERIES: usize = 10_000;
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-module request body limit.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default `modules[].max_upstream_connections` (SPEC §5).
+pub const DEFAULT_MAX_UPSTREAM_CONNECTIONS: usize = 1024;
+/// Largest `modules[].max_upstream_connections`.
+pub const MAX_UPSTREAM_CONNECTIONS: usize = 1_000_000;
 /// Modules a configuration may hold (permission sets are fixed-size bitsets).
 pub const MAX_MODULES: usize = 256;
 /// The permission that grants every module, present and future.
@@ -169,6 +173,7 @@ struct ModuleFile {
     preserve_host: bool,
     ca_file: Option<PathBuf>,
     max_body_bytes: Option<u64>,
+    max_upstream_connections: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------
@@ -323,6 +328,8 @@ pub struct Module {
     pub ca_file: Option<PathBuf>,
     /// Request body limit.
     pub max_body_bytes: u64,
+    /// Open upstream connections at most; more requests wait for one (within `timeout`).
+    pub max_upstream_connections: usize,
 }
 
 /// An upstream origin (`scheme://authority`).
@@ -762,6 +769,15 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             &key("timeout"),
             dur(&key("timeout"), m.timeout, DEFAULT_UPSTREAM_TIMEOUT)?,
         )?;
+        let max_upstream_connections = m
+            .max_upstream_connections
+            .unwrap_or(DEFAULT_MAX_UPSTREAM_CONNECTIONS);
+        if !(1..=MAX_UPSTREAM_CONNECTIONS).contains(&max_upstream_connections) {
+            return Err(err(
+                &key("max_upstream_connections"),
+                format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}"),
+            ));
+        }
         modules.push(Module {
             name: m.name,
             description: m.description,
@@ -772,6 +788,7 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             preserve_host: m.preserve_host,
             ca_file: m.ca_file,
             max_body_bytes: m.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_upstream_connections,
         });
     }
     if let Err(e) = RouteTable::new(all_prefixes) {
@@ -947,6 +964,11 @@ upstream = "http://127.0.0.1:7001"
                 "[[modules]]\nname = \"a\"\nprefixes = [\"/a/\"]\nupstream = \"http://h:1\"\n",
                 "modules[0].prefixes[0]",
                 "/a/",
+            ),
+            (
+                "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"http://h:1\"\nmax_upstream_connections = 0\n",
+                "modules[0].max_upstream_connections",
+                "between 1",
             ),
             (
                 "[[modules]]\nname = \"a\"\nprefixes = [\"/a\"]\nupstream = \"ftp://h:1\"\n",

@@ -81,7 +81,7 @@ async fn proxy_request(
     let version = req.version();
     let upstream_req =
         proxy::upstream_request_filter(req, path, &peer, &entry, conn, exchange.request_id())?;
-    let res = proxy::send(&rt.upstreams, peer.module, upstream_req).await?;
+    let res = proxy::send(&rt.upstreams, &peer, upstream_req).await?;
     Ok(proxy::response_filter(res, version))
 }
 
@@ -144,6 +144,7 @@ async fn upstream_peer<'rt>(
         .ok_or(ApiError::Internal)?;
     Ok(Peer {
         module,
+        index,
         module_name,
         extension_name,
     })

@@ -28,6 +28,7 @@ pub mod store;
 pub mod tls;
 pub mod token;
 pub mod tokens;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,18 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
-use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Config, Module};
 use crate::error::{ApiError, UpstreamFailure, error_chain};
@@ -28,95 +22,64 @@ use crate::headers::{
 use crate::server::ConnInfo;
 use crate::store::AuthEntry;
 use crate::tls::{self, Trust};
+use crate::upstream::{Pool, PooledBody, UpstreamError};
 
 /// The body of every response keygate sends: its own (errors) or the upstream's, streamed.
-pub type ResBody = Either<Full<Bytes>, Incoming>;
+pub type ResBody = Either<Full<Bytes>, PooledBody<LimitedBody>>;
 
-/// Idle upstream connections are closed after this; below common upstream keep-alive
-/// timeouts (nginx 75s, Node 5s is the outlier: configure it higher) so a request
-/// rarely races a closing connection.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Idle connections kept per upstream.
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
-/// TCP connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The connector: plain TCP for `http://`, rustls for `https://`.
-type Connector = HttpsConnector<HttpConnector>;
-/// One keep-alive pool.
-type Pool = Client<Connector, LimitedBody>;
-
-/// The pooled upstream clients of one configuration generation: one for modules using
-/// the system roots (and plain HTTP), one per distinct `ca_file`.
+/// The upstream pools of one configuration generation, one per module (by index),
+/// sharing one rustls configuration per trust (system roots, each `ca_file`).
 #[derive(Clone)]
 pub struct Upstreams {
-    default: Pool,
-    by_ca: Vec<(PathBuf, Pool)>,
+    pools: Vec<Arc<Pool<LimitedBody>>>,
 }
 
 impl Upstreams {
-    /// Builds the clients `config`'s modules need. Fails (naming the module) when a
+    /// Builds the pools `config`'s modules need. Fails (naming the module) when a
     /// `ca_file` is unusable, or when an https module relies on system roots and the
     /// system has none.
     pub fn new(config: &Config) -> Result<Upstreams, String> {
-        let system = config
-            .modules
-            .iter()
-            .find(|m| m.upstream.https && m.ca_file.is_none());
-        let trust = match system {
-            Some(_) => Trust::System,
-            None => Trust::Nothing,
-        };
-        let default = pool(tls::client_config(trust).map_err(|e| match system {
-            Some(m) => format!("module {:?} (https upstream, system roots): {e}", m.name),
-            None => e,
-        })?);
-        let mut by_ca: Vec<(PathBuf, Pool)> = Vec::new();
+        let mut system: Option<Arc<rustls::ClientConfig>> = None;
+        let mut by_ca: Vec<(PathBuf, Arc<rustls::ClientConfig>)> = Vec::new();
+        let mut pools = Vec::with_capacity(config.modules.len());
         for m in &config.modules {
-            let Some(ca) = &m.ca_file else { continue };
-            if by_ca.iter().any(|(p, _)| p == ca) {
-                continue;
-            }
-            let tls = tls::client_config(Trust::File(ca))
-                .map_err(|e| format!("module {:?} ca_file: {e}", m.name))?;
-            by_ca.push((ca.clone(), pool(tls)));
+            let tls = if !m.upstream.https {
+                None
+            } else if let Some(ca) = &m.ca_file {
+                match by_ca.iter().find(|(p, _)| p == ca) {
+                    Some((_, c)) => Some(Arc::clone(c)),
+                    None => {
+                        let c = Arc::new(
+                            tls::client_config(Trust::File(ca))
+                                .map_err(|e| format!("module {:?} ca_file: {e}", m.name))?,
+                        );
+                        by_ca.push((ca.clone(), Arc::clone(&c)));
+                        Some(c)
+                    }
+                }
+            } else {
+                if system.is_none() {
+                    system = Some(Arc::new(tls::client_config(Trust::System).map_err(
+                        |e| format!("module {:?} (https upstream, system roots): {e}", m.name),
+                    )?));
+                }
+                system.clone()
+            };
+            pools.push(
+                Pool::new(m.upstream.clone(), tls, m.max_upstream_connections)
+                    .map_err(|e| format!("module {:?}: {e}", m.name))?,
+            );
         }
-        Ok(Upstreams { default, by_ca })
+        Ok(Upstreams { pools })
     }
-
-    fn pool(&self, module: &Module) -> &Pool {
-        module
-            .ca_file
-            .as_ref()
-            .and_then(|ca| self.by_ca.iter().find(|(p, _)| p == ca))
-            .map_or(&self.default, |(_, c)| c)
-    }
-}
-
-/// A client with keep-alive pooling over `tls` (HTTP/1.1 only).
-fn pool(tls: rustls::ClientConfig) -> Pool {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    // The https connector below decides by scheme.
-    http.enforce_http(false);
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .build(connector)
 }
 
 /// The upstream a request goes to, chosen by `gateway::upstream_peer`.
 pub struct Peer<'a> {
     /// The module.
     pub module: &'a Module,
+    /// Its index in the configuration (its upstream pool).
+    pub index: usize,
     /// Its name as a header value.
     pub module_name: &'a HeaderValue,
     /// The token's extension name as a header value.
@@ -145,7 +108,7 @@ pub fn upstream_request_filter(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    parts.uri = upstream_uri(module, path, parts.uri.query())?;
+    parts.uri = upstream_uri(path, parts.uri.query())?;
     // The pool speaks HTTP/1.1 upstream whatever the client spoke.
     parts.version = Version::HTTP_11;
     let policy = HeaderPolicy {
@@ -183,25 +146,16 @@ fn check_declared_length(h: &http::HeaderMap, max: u64) -> Result<(), ApiError> 
     }
 }
 
-/// `scheme://upstream/<normalised path>?<query as sent>`.
-fn upstream_uri(module: &Module, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+/// `<normalised path>?<query as sent>`, in origin form (RFC 9112 §3.2.1): the
+/// connection it is sent on already goes to the module's upstream.
+fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
     let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
     pq.push_str(path);
     if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);
     }
-    let path_and_query = PathAndQuery::try_from(pq)
-        .map_err(|_| ApiError::Malformed("the request target is not valid".into()))?;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(if module.upstream.https {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    });
-    uri.authority = Some(module.upstream.authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    Uri::from_parts(uri).map_err(|_| ApiError::Internal)
+    Uri::try_from(pq).map_err(|_| ApiError::Malformed("the request target is not valid".into()))
 }
 
 /// What the upstream request's headers are made of besides the client's.
@@ -267,11 +221,14 @@ pub fn filter_request_headers(h: &mut http::HeaderMap, p: HeaderPolicy<'_>) {
 /// limit while streaming).
 pub async fn send(
     upstreams: &Upstreams,
-    module: &Module,
+    peer: &Peer<'_>,
     req: Request<LimitedBody>,
-) -> Result<Response<Incoming>, ApiError> {
+) -> Result<Response<PooledBody<LimitedBody>>, ApiError> {
+    let module = peer.module;
+    let pool = upstreams.pools.get(peer.index).ok_or(ApiError::Internal)?;
     let exceeded = Arc::clone(&req.body().exceeded);
-    let answer = tokio::time::timeout(module.timeout, upstreams.pool(module).request(req)).await;
+    // The wait for a free connection (at max_upstream_connections) counts too (SPEC §5).
+    let answer = tokio::time::timeout(module.timeout, pool.send(req)).await;
     match answer {
         Err(_) => Err(ApiError::Upstream(UpstreamFailure::Timeout)),
         Ok(Ok(res)) => Ok(res),
@@ -290,7 +247,7 @@ pub async fn send(
     }
 }
 
-fn log_failure(module: &Module, kind: UpstreamFailure, e: &hyper_util::client::legacy::Error) {
+fn log_failure(module: &Module, kind: UpstreamFailure, e: &UpstreamError) {
     match tls_failure(e) {
         Some(tls) => tracing::warn!(
             module = %module.name, kind = kind.as_str(), tls_error = %tls,
@@ -308,7 +265,10 @@ fn log_failure(module: &Module, kind: UpstreamFailure, e: &hyper_util::client::l
 /// client's HTTP version (the version is hop-by-hop, RFC 9110 §6.2: an HTTP/1.0
 /// upstream does not make a keep-alive HTTP/1.1 client connection close), body and
 /// trailers streamed.
-pub fn response_filter(res: Response<Incoming>, client_version: Version) -> Response<ResBody> {
+pub fn response_filter(
+    res: Response<PooledBody<LimitedBody>>,
+    client_version: Version,
+) -> Response<ResBody> {
     let (mut parts, body) = res.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = client_version;
