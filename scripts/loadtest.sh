@@ -132,11 +132,11 @@ def worker(count):
     for _ in range(count):
         c.request("POST", "/v1/tokens", json.dumps(body),
                   {"Authorization": "ApiKey " + admin, "Content-Type": "application/json"})
-        r = c.getresponse(); body = r.read()
+        r = c.getresponse(); answer = r.read()
         if r.status != 201:
-            sys.exit(f"create answered {r.status}: {body[:200]!r}")
+            sys.exit(f"create answered {r.status}: {answer[:200]!r}")
         with lock:
-            keys.append(json.loads(body)["api_key"])
+            keys.append(json.loads(answer)["api_key"])
 threads = [threading.Thread(target=worker, args=(n // 8 + (1 if i < n % 8 else 0),)) for i in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
