@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
+use crate::error::shown;
 use crate::routes::RouteTable;
 
 /// Default path of the configuration file.
@@ -27,6 +28,14 @@ pub const DEFAULT_STORE_PATH: &str = "data/keygate.redb";
 pub const DEFAULT_KEY_PREFIX: &str = "keygate:";
 /// Connections accepted at once; further ones wait in the kernel backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Proxy connections from one client address served at once; more are closed at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// A request body that delivers nothing for this long answers 408 `REQ_TIMEOUT`.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin connections served at once.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
+/// Admin connections from one client address served at once.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS_PER_IP: usize = 32;
 /// Time a client has to send a whole request head (slowloris guard).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive connections with no request for this long are closed.
@@ -102,6 +111,8 @@ struct ProxyFile {
     workers: Option<usize>,
     tls: Option<TlsFile>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    body_read_timeout: Option<String>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_header_bytes: Option<usize>,
@@ -115,6 +126,8 @@ struct AdminFile {
     listen: Option<String>,
     bootstrap_key_file: Option<PathBuf>,
     tls: Option<TlsFile>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +240,10 @@ pub struct ProxyConfig {
     pub tls: Option<TlsFiles>,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections served at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// A request body stalled this long answers 408.
+    pub body_read_timeout: Duration,
     /// Deadline for a request head.
     pub header_read_timeout: Duration,
     /// Keep-alive idle limit.
@@ -248,6 +265,10 @@ pub struct AdminConfig {
     pub bootstrap_key_file: PathBuf,
     /// TLS on the admin listener.
     pub tls: Option<TlsFiles>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Connections served at once from one client address.
+    pub max_connections_per_ip: usize,
 }
 
 /// `[store]`.
@@ -452,16 +473,17 @@ fn apply_env(f: &mut FileConfig, env: &impl Fn(&str) -> Option<String>) {
 /// Parses a duration: an integer and a unit (`ms`, `s`, `m`, `h`, `d`, `w`, `y` = 365 days).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    let q = shown(s);
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m, h, d, w or y)"))?;
+        .ok_or_else(|| format!("{q} has no unit (use ms, s, m, h, d, w or y)"))?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("{s:?} does not start with a number"));
+        return Err(format!("{q} does not start with a number"));
     }
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: number out of range"))?;
+        .map_err(|_| format!("{q}: number out of range"))?;
     let unit_ms: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -472,14 +494,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "y" => 365 * 86_400_000,
         _ => {
             return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use ms, s, m, h, d, w or y)"
+                "{q}: unknown unit {unit:?} (use ms, s, m, h, d, w or y)"
             ));
         }
     };
     let ms = n
         .checked_mul(unit_ms)
         .filter(|ms| *ms <= 1000 * 365 * 86_400_000)
-        .ok_or_else(|| format!("{s:?} is too long (at most 1000y)"))?;
+        .ok_or_else(|| format!("{q} is too long (at most 1000y)"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -502,8 +524,12 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     };
     let addr = |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
         let v = v.unwrap_or_else(|| default.to_string());
-        v.parse()
-            .map_err(|_| err(key, format!("{v:?} is not an address like 127.0.0.1:8080")))
+        v.parse().map_err(|_| {
+            err(
+                key,
+                format!("{} is not an address like 127.0.0.1:8080", shown(&v)),
+            )
+        })
     };
     let dur = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
         match v {
@@ -546,6 +572,15 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     if max_connections == 0 {
         return Err(err("proxy.max_connections", "must be at least 1".into()));
     }
+    let at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(err(key, "must be at least 1".into())),
+        v => Ok(v.unwrap_or(default)),
+    };
+    let max_connections_per_ip = at_least_one(
+        "proxy.max_connections_per_ip",
+        p.max_connections_per_ip,
+        DEFAULT_MAX_CONNECTIONS_PER_IP,
+    )?;
     let max_header_bytes = p.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
     if !(1024..=1024 * 1024).contains(&max_header_bytes) {
         return Err(err(
@@ -558,6 +593,15 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         workers: p.workers,
         tls: tls("proxy.tls", p.tls)?,
         max_connections,
+        max_connections_per_ip,
+        body_read_timeout: positive(
+            "proxy.body_read_timeout",
+            dur(
+                "proxy.body_read_timeout",
+                p.body_read_timeout,
+                DEFAULT_BODY_READ_TIMEOUT,
+            )?,
+        )?,
         header_read_timeout: positive(
             "proxy.header_read_timeout",
             dur(
@@ -595,6 +639,16 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             .bootstrap_key_file
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BOOTSTRAP_KEY_FILE)),
         tls: tls("admin.tls", a.tls)?,
+        max_connections: at_least_one(
+            "admin.max_connections",
+            a.max_connections,
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+        )?,
+        max_connections_per_ip: at_least_one(
+            "admin.max_connections_per_ip",
+            a.max_connections_per_ip,
+            DEFAULT_ADMIN_MAX_CONNECTIONS_PER_IP,
+        )?,
     };
     if admin.listen == proxy.listen && proxy.listen.port() != 0 {
         return Err(err("admin.listen", "must differ from proxy.listen".into()));
@@ -609,9 +663,14 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
                     "only used with backend = \"redis\"".into(),
                 ));
             }
-            Backend::Embedded {
-                path: s.path.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH)),
+            let path = s.path.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH));
+            if path.as_os_str().is_empty() {
+                return Err(err(
+                    "store.path",
+                    "must not be empty (is KEYGATE_STORE_PATH set to \"\"?)".into(),
+                ));
             }
+            Backend::Embedded { path }
         }
         "redis" => {
             let url = s
@@ -624,11 +683,12 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
                 return Err(err(
                     "store.url",
                     format!(
-                        "{:?} must start with redis://, rediss:// or redis+cluster://",
-                        url.split('@').next_back().unwrap_or("")
+                        "{} must start with redis://, rediss:// or redis+cluster://",
+                        shown(url.split('@').next_back().unwrap_or(""))
                     ),
                 ));
             }
+            crate::store::redis::check_url(&url).map_err(|e| err("store.url", e))?;
             Backend::Redis {
                 url,
                 key_prefix: s.key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.into()),
@@ -637,7 +697,7 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         other => {
             return Err(err(
                 "store.backend",
-                format!("{other:?} is not \"embedded\" or \"redis\""),
+                format!("{} is not \"embedded\" or \"redis\"", shown(other)),
             ));
         }
     };
@@ -684,13 +744,13 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
                 if !valid_name(&e.name) {
                     return Err(err(
                         &format!("extensions[{i}].name"),
-                        format!("{:?} must be 1-64 of a-z, 0-9, '_' and '-'", e.name),
+                        format!("{} must be 1-64 of a-z, 0-9, '_' and '-'", shown(&e.name)),
                     ));
                 }
                 if !seen.insert(e.name.clone()) {
                     return Err(err(
                         &format!("extensions[{i}].name"),
-                        format!("{:?} is listed twice", e.name),
+                        format!("{} is listed twice", shown(&e.name)),
                     ));
                 }
                 if e.code.is_empty() || e.code.len() > 64 {
@@ -731,13 +791,16 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             return Err(err(
                 &key("name"),
                 format!(
-                    "{:?} must be 1-64 of a-z, 0-9, '_' and '-', and not \"all\"",
-                    m.name
+                    "{} must be 1-64 of a-z, 0-9, '_' and '-', and not \"all\"",
+                    shown(&m.name)
                 ),
             ));
         }
         if !names.insert(m.name.clone()) {
-            return Err(err(&key("name"), format!("{:?} is listed twice", m.name)));
+            return Err(err(
+                &key("name"),
+                format!("{} is listed twice", shown(&m.name)),
+            ));
         }
         if m.prefixes.is_empty() {
             return Err(err(
@@ -820,32 +883,33 @@ fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let q = shown(s);
     let uri: Uri = s
         .parse()
-        .map_err(|_| format!("{s:?} is not a URL like http://127.0.0.1:7001"))?;
+        .map_err(|_| format!("{q} is not a URL like http://127.0.0.1:7001"))?;
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(format!("{s:?} must start with http:// or https://")),
+        _ => return Err(format!("{q} must start with http:// or https://")),
     };
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("{s:?} has no host"))?
+        .ok_or_else(|| format!("{q} has no host"))?
         .clone();
     if authority.as_str().contains('@') {
-        return Err(format!("{s:?} must not carry credentials"));
+        return Err(format!("{q} must not carry credentials"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!(
-            "{s:?} must be an origin (scheme://host:port) without path or query"
+            "{q} must be an origin (scheme://host:port) without path or query"
         ));
     }
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host_header = http::HeaderValue::from_str(authority.as_str())
-        .map_err(|_| format!("{s:?} has an invalid host"))?;
+        .map_err(|_| format!("{q} has an invalid host"))?;
     let authority: http::uri::Authority = format!("{}:{port}", authority.host())
         .parse()
-        .map_err(|_| format!("{s:?} has an invalid host"))?;
+        .map_err(|_| format!("{q} has an invalid host"))?;
     Ok(Upstream {
         https,
         authority,
@@ -1011,6 +1075,33 @@ upstream = "http://127.0.0.1:7001"
                 "1-64",
             ),
             ("[proxy\n", "-", "line 1"),
+            // Regression (#14 item 8): check-config passed these.
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis://[::1\"\n",
+                "store.url",
+                "not a valid Redis URL",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis+cluster://a:1,[::1\"\n",
+                "store.url",
+                "not a valid Redis URL",
+            ),
+            ("[store]\npath = \"\"\n", "store.path", "must not be empty"),
+            (
+                "[proxy]\nmax_connections_per_ip = 0\n",
+                "proxy.max_connections_per_ip",
+                "at least 1",
+            ),
+            (
+                "[proxy]\nbody_read_timeout = \"0s\"\n",
+                "proxy.body_read_timeout",
+                "greater than zero",
+            ),
+            (
+                "[admin]\nmax_connections = 0\n",
+                "admin.max_connections",
+                "at least 1",
+            ),
         ];
         for (text, key, reason) in cases {
             match parse(text) {
@@ -1041,6 +1132,30 @@ upstream = "http://127.0.0.1:7001"
         assert!(
             matches!(c.store.backend, Backend::Redis { ref url, .. } if url.ends_with(":7777/0"))
         );
+    }
+
+    /// Regression (#14 item 8): an empty KEYGATE_STORE_PATH passed check-config.
+    #[test]
+    fn empty_store_path_from_env_is_an_error() {
+        let env = |k: &str| (k == "KEYGATE_STORE_PATH").then(String::new);
+        let e = Config::parse(MIN, Path::new("t.toml"), env).unwrap_err();
+        assert_eq!(e.key, "store.path", "{e}");
+    }
+
+    /// Regression (#14 item 8): a 1 MB module name was echoed whole into the error.
+    #[test]
+    fn huge_module_name_is_truncated_in_the_error() {
+        let name = "N".repeat(1 << 20);
+        let text = format!(
+            "[[modules]]\nname = \"{name}\"\nprefixes = [\"/a\"]\nupstream = \"http://h:1\"\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "modules[0].name");
+        assert!(e.to_string().len() < 300, "{} bytes", e.to_string().len());
+        let text = format!(
+            "[[modules]]\nname = \"a\"\nprefixes = [\"/{name}/\"]\nupstream = \"http://h:1\"\n"
+        );
+        assert!(parse(&text).unwrap_err().to_string().len() < 400);
     }
 
     #[test]

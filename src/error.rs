@@ -89,6 +89,10 @@ pub enum ApiError {
     /// Body over the module's limit (proxy).
     #[error("the request body exceeds {0} bytes")]
     BodyTooLarge(u64),
+    /// The client's request body stalled longer than `body_read_timeout`, or its
+    /// connection closed before the body was complete.
+    #[error("the request body was not received in time (stalled or cut off)")]
+    RequestTimeout,
     /// The upstream did not answer: refused, reset, unreachable, or too slow.
     #[error("{}", upstream_text(*.0))]
     Upstream(UpstreamFailure),
@@ -154,6 +158,7 @@ impl ApiError {
                 "BODY_TOO_LARGE",
                 Source::Client,
             ),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "REQ_TIMEOUT", Source::Client),
             Upstream(UpstreamFailure::Timeout) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "UPSTREAM_TIMEOUT",
@@ -226,6 +231,18 @@ impl ApiError {
     }
 }
 
+/// Longest piece of client or file input echoed in an error message.
+pub const MAX_SHOWN_CHARS: usize = 64;
+
+/// `s` quoted for an error message, cut to [`MAX_SHOWN_CHARS`] characters (a 1 MB
+/// name must not come back whole in an answer or a log line).
+pub fn shown(s: &str) -> String {
+    match s.char_indices().nth(MAX_SHOWN_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
 /// An error and all its sources on one line (`outer: inner: root`), for log lines and
 /// CLI messages.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -249,6 +266,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error_code"], "PERM_DENIED");
         assert!(v["errors"][0].as_str().unwrap().contains("not permitted"));
+    }
+
+    #[test]
+    fn huge_input_is_truncated_in_messages() {
+        assert_eq!(shown("abc"), "\"abc\"");
+        let long = "x".repeat(1 << 20);
+        let s = shown(&long);
+        assert!(s.len() < 100, "{s}");
+        assert!(s.ends_with("… (1048576 bytes)"), "{s}");
+        // Cut on a character boundary.
+        assert!(shown(&"é".repeat(100)).contains('é'));
     }
 
     #[test]

@@ -79,8 +79,15 @@ async fn proxy_request(
     )
     .await?;
     let version = req.version();
-    let upstream_req =
-        proxy::upstream_request_filter(req, path, &peer, &entry, conn, exchange.request_id())?;
+    let upstream_req = proxy::upstream_request_filter(
+        req,
+        path,
+        &peer,
+        &entry,
+        conn,
+        exchange.request_id(),
+        rt.config.proxy.body_read_timeout,
+    )?;
     let res = proxy::send(&rt.upstreams, &peer, upstream_req).await?;
     Ok(proxy::response_filter(res, version))
 }
@@ -97,6 +104,22 @@ fn request_filter(req: &Request<Incoming>) -> Result<String, ApiError> {
         return Err(ApiError::Malformed(
             "the request target must be in origin form (/path?query)".into(),
         ));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, is a 400
+    // (two Hosts are a classic way to make a proxy and an upstream disagree).
+    if req.version() == Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), None) => {}
+            (None, _) => {
+                return Err(ApiError::Malformed(
+                    "an HTTP/1.1 request needs a Host header".into(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::Malformed("more than one Host header".into()));
+            }
+        }
     }
     routes::normalize_path(uri.path()).map_err(|e| ApiError::Malformed(e.to_string()))
 }

@@ -59,8 +59,8 @@ impl Listeners {
     /// Binds both addresses of `config`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
         Ok(Listeners {
-            proxy: TcpListener::bind(config.proxy.listen).await?,
-            admin: TcpListener::bind(config.admin.listen).await?,
+            proxy: server::bind(config.proxy.listen)?,
+            admin: server::bind(config.admin.listen)?,
         })
     }
 }
@@ -212,13 +212,15 @@ impl Gateway {
         let p = &rt.config.proxy;
         let limits = Limits {
             max_connections: p.max_connections,
+            max_connections_per_ip: p.max_connections_per_ip,
             header_read_timeout: p.header_read_timeout,
             idle_timeout: p.idle_timeout,
             max_header_bytes: p.max_header_bytes,
             drain_timeout: p.drain_timeout,
         };
         let admin_limits = Limits {
-            max_connections: 256,
+            max_connections: rt.config.admin.max_connections,
+            max_connections_per_ip: rt.config.admin.max_connections_per_ip,
             ..limits.clone()
         };
         let flush_interval = rt.config.stats.flush_interval;

@@ -81,9 +81,20 @@ const LOG_BUFFER_LINES: usize = 128 * 1024;
 
 /// Logging to stdout through a writer thread, so a request never waits on a write(2)
 /// to a slow pipe; the guard flushes what is buffered when dropped at exit.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// A `KEYGATE_LOG` that does not parse stops start-up (silently logging at the
+/// default level would hide the very lines the operator asked for).
+fn init_logging(format: LogFormat) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    let filter = match std::env::var("KEYGATE_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::builder()
+            .parse(&v)
+            .with_context(|| {
+                format!(
+                    "KEYGATE_LOG={}: not a log filter (e.g. info, warn, keygate=debug)",
+                    keygate::error::shown(&v)
+                )
+            })?,
+        _ => tracing_subscriber::EnvFilter::new("info"),
+    };
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .lossy(true)
@@ -98,11 +109,11 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
+    Ok(guard)
 }
 
 fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
-    let _log_guard = init_logging(format);
+    let _log_guard = init_logging(format)?;
     let config = load(path)?;
     // One worker: a current-thread runtime serves everything on this thread, without
     // the work-stealing scheduler's cross-thread wake-ups (the load test's setting).
@@ -129,13 +140,15 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
                 config.proxy.listen, config.admin.listen
             )
         })?;
+        // "listening" only once the store is open: before that nothing is served, and
+        // a store that fails to open must not follow a line saying all is well.
+        let gateway = Gateway::start(config).await?;
         tracing::info!(
             proxy = %listeners.proxy.local_addr()?,
             admin = %listeners.admin.local_addr()?,
             config = %path.display(),
             "keygate listening"
         );
-        let gateway = Gateway::start(config).await?;
         tokio::spawn(reload_on_hangup(hangups, gateway.reload_handle()));
         gateway.run(listeners, shutdown_signal()).await;
         anyhow::Ok(())

@@ -1,17 +1,20 @@
 //! Forwarding: the upstream request (headers policy, normalised path), the pooled
 //! client, streaming bodies both ways, and 502/504 on upstream failure.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::config::{Config, Module};
 use crate::error::{ApiError, UpstreamFailure, error_chain};
@@ -97,17 +100,24 @@ pub fn upstream_request_filter(
     entry: &AuthEntry,
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    body_read_timeout: Duration,
 ) -> Result<Request<LimitedBody>, ApiError> {
     let module = peer.module;
     let (mut parts, body) = req.into_parts();
     check_declared_length(&parts.headers, module.max_body_bytes)?;
-    // What the client called us by, before headers are rewritten.
-    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+    // What the client called us by, before headers are rewritten: on HTTP/2
+    // `:authority`, which takes precedence over a Host header (RFC 9113 §8.3.1).
+    let authority = || {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    };
+    let client_host = if parts.version == Version::HTTP_2 {
+        authority().or_else(|| parts.headers.get(HOST).cloned())
+    } else {
+        parts.headers.get(HOST).cloned().or_else(authority)
+    };
     parts.uri = upstream_uri(path, parts.uri.query())?;
     // The pool speaks HTTP/1.1 upstream whatever the client spoke.
     parts.version = Version::HTTP_11;
@@ -128,7 +138,10 @@ pub fn upstream_request_filter(
     let body = LimitedBody {
         inner: body,
         remaining: module.max_body_bytes,
-        exceeded: Arc::new(AtomicBool::new(false)),
+        watch: Arc::new(BodyWatch::new()),
+        read_timeout: body_read_timeout,
+        stall: None,
+        waiting: false,
     };
     Ok(Request::from_parts(parts, body))
 }
@@ -216,9 +229,13 @@ pub fn filter_request_headers(h: &mut http::HeaderMap, p: HeaderPolicy<'_>) {
     h.insert(HOST, host);
 }
 
-/// Sends the request to the module's upstream and waits for its response head, for at
-/// most the module's timeout. Failures answer 502/504 (413 when the body passed the
-/// limit while streaming).
+/// Sends the request to the module's upstream and waits for its response head. The
+/// module's timeout is the upstream's time: it runs while keygate waits on the
+/// upstream (connecting, taking the body, answering), restarting each time the wait
+/// was on the client instead — so it is measured from the end of the request body to
+/// the response head (Envoy's route timeout), and a slow upload is bounded by
+/// `body_read_timeout`, never blamed on the upstream. Failures answer 502/504; a
+/// failure of the client's body is the client's 408/413/400.
 pub async fn send(
     upstreams: &Upstreams,
     peer: &Peer<'_>,
@@ -226,16 +243,40 @@ pub async fn send(
 ) -> Result<Response<PooledBody<LimitedBody>>, ApiError> {
     let module = peer.module;
     let pool = upstreams.pools.get(peer.index).ok_or(ApiError::Internal)?;
-    let exceeded = Arc::clone(&req.body().exceeded);
-    // The wait for a free connection (at max_upstream_connections) counts too (SPEC §5).
-    let answer = tokio::time::timeout(module.timeout, pool.send(req)).await;
-    match answer {
-        Err(_) => Err(ApiError::Upstream(UpstreamFailure::Timeout)),
-        Ok(Ok(res)) => Ok(res),
-        Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
-            Err(ApiError::BodyTooLarge(module.max_body_bytes))
+    let watch = Arc::clone(&req.body().watch);
+    // The wait for a free connection (at max_upstream_connections) is the upstream's
+    // time too (SPEC §5).
+    let send = pool.send(req);
+    tokio::pin!(send);
+    let result = loop {
+        let deadline = watch.upstream_deadline(module.timeout);
+        tokio::select! {
+            r = &mut send => break r,
+            () = tokio::time::sleep_until(deadline) => {
+                if watch.upstream_deadline(module.timeout) <= Instant::now() {
+                    return Err(ApiError::Upstream(UpstreamFailure::Timeout));
+                }
+            }
         }
-        Ok(Err(e)) => {
+    };
+    match result {
+        Ok(res) => Ok(res),
+        Err(e) => {
+            // The client's body failed first: the client's error, not the upstream's.
+            match watch.failure() {
+                Some(ClientBodyFailure::TooLarge) => {
+                    return Err(ApiError::BodyTooLarge(module.max_body_bytes));
+                }
+                Some(ClientBodyFailure::Stalled | ClientBodyFailure::Closed) => {
+                    return Err(ApiError::RequestTimeout);
+                }
+                Some(ClientBodyFailure::Malformed) => {
+                    return Err(ApiError::Malformed(
+                        "the request body is malformed (invalid chunked encoding)".into(),
+                    ));
+                }
+                None => {}
+            }
             let kind = if e.is_connect() {
                 UpstreamFailure::Connect
             } else {
@@ -325,18 +366,114 @@ fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
     None
 }
 
-/// The request body was over the module's limit.
+/// Why the client's body failed while it was streamed upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFailure {
+    /// Over the module's `max_body_bytes` (413).
+    TooLarge = 1,
+    /// Nothing arrived for `body_read_timeout` (408).
+    Stalled = 2,
+    /// The client's connection or stream ended before the body did (408).
+    Closed = 3,
+    /// Broken framing, e.g. a bad chunk-size line (400).
+    Malformed = 4,
+}
+
+/// What the forwarder knows about the client's body while it is sent upstream: whose
+/// turn it is (the client's to send more, or the upstream's to take it or answer) and
+/// since when, and whether the body failed.
+pub struct BodyWatch {
+    epoch: Instant,
+    /// Bit 63: waiting on the client; the rest: milliseconds since `epoch` of the last
+    /// change of turn.
+    turn: AtomicU64,
+    /// A [`ClientBodyFailure`] as u8, 0 = none.
+    failure: AtomicU8,
+}
+
+const ON_CLIENT: u64 = 1 << 63;
+
+impl BodyWatch {
+    fn new() -> BodyWatch {
+        BodyWatch {
+            epoch: Instant::now(),
+            turn: AtomicU64::new(0),
+            failure: AtomicU8::new(0),
+        }
+    }
+
+    fn set_turn(&self, on_client: bool) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(ON_CLIENT - 1);
+        let flag = if on_client { ON_CLIENT } else { 0 };
+        self.turn.store(flag | (ms & !ON_CLIENT), Ordering::Release);
+    }
+
+    /// When the upstream has used up `timeout` of its own time, if the wait does not
+    /// turn to the client before then. While it is the client's turn, `timeout` from
+    /// now: the upstream's clock can only start later, so rechecking then is exact.
+    fn upstream_deadline(&self, timeout: Duration) -> Instant {
+        let turn = self.turn.load(Ordering::Acquire);
+        if turn & ON_CLIENT != 0 {
+            Instant::now() + timeout
+        } else {
+            self.epoch + Duration::from_millis(turn) + timeout
+        }
+    }
+
+    fn fail(&self, f: ClientBodyFailure) {
+        let _ = self
+            .failure
+            .compare_exchange(0, f as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The client body's failure, if it failed.
+    pub fn failure(&self) -> Option<ClientBodyFailure> {
+        match self.failure.load(Ordering::Acquire) {
+            1 => Some(ClientBodyFailure::TooLarge),
+            2 => Some(ClientBodyFailure::Stalled),
+            3 => Some(ClientBodyFailure::Closed),
+            4 => Some(ClientBodyFailure::Malformed),
+            _ => None,
+        }
+    }
+}
+
+/// Which client body failure a body error from hyper is: broken framing (hyper's
+/// decoder reports `InvalidData`/`InvalidInput`), else the connection or stream ended.
+fn classify(e: &hyper::Error) -> ClientBodyFailure {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    ClientBodyFailure::Malformed
+                }
+                _ => ClientBodyFailure::Closed,
+            };
+        }
+        cur = c.source();
+    }
+    ClientBodyFailure::Closed
+}
+
+/// The client's body failed (see [`ClientBodyFailure`]).
 #[derive(Debug, thiserror::Error)]
-#[error("request body over the limit")]
-pub struct BodyLimitExceeded;
+#[error("client request body failed: {0:?}")]
+pub struct ClientBodyError(pub ClientBodyFailure);
 
 pin_project_lite::pin_project! {
-    /// The client's body, streamed upstream, failing once it passes the module's limit.
+    /// The client's body, streamed upstream: fails once it passes the module's limit
+    /// or stalls longer than `body_read_timeout`, and tells the [`BodyWatch`] whose
+    /// turn it is.
     pub struct LimitedBody {
         #[pin]
         inner: Incoming,
         remaining: u64,
-        exceeded: Arc<AtomicBool>,
+        watch: Arc<BodyWatch>,
+        read_timeout: Duration,
+        // Reused across stalls (one allocation per request at most).
+        stall: Option<Pin<Box<Sleep>>>,
+        waiting: bool,
     }
 }
 
@@ -349,16 +486,46 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+        let polled = this.inner.poll_frame(cx);
+        if polled.is_pending() {
+            if !*this.waiting {
+                *this.waiting = true;
+                this.watch.set_turn(true);
+                let at = Instant::now() + *this.read_timeout;
+                match this.stall {
+                    Some(s) => s.as_mut().reset(at),
+                    None => *this.stall = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
+            if let Some(s) = this.stall
+                && s.as_mut().poll(cx).is_ready()
+            {
+                this.watch.fail(ClientBodyFailure::Stalled);
+                return Poll::Ready(Some(Err(Box::new(ClientBodyError(
+                    ClientBodyFailure::Stalled,
+                )))));
+            }
+            return Poll::Pending;
+        }
+        if *this.waiting {
+            *this.waiting = false;
+            this.watch.set_turn(false);
+        }
+        match polled {
+            Poll::Pending | Poll::Ready(None) => polled.map(|_| None),
+            Poll::Ready(Some(Err(e))) => {
+                let f = classify(&e);
+                this.watch.fail(f);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > *this.remaining {
-                        this.exceeded.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
+                        this.watch.fail(ClientBodyFailure::TooLarge);
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError(
+                            ClientBodyFailure::TooLarge,
+                        )))));
                     }
                     *this.remaining -= n;
                 }

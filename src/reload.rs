@@ -173,6 +173,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             op.max_connections != np.max_connections,
         ),
         (
+            "proxy.max_connections_per_ip",
+            op.max_connections_per_ip != np.max_connections_per_ip,
+        ),
+        (
+            "proxy.body_read_timeout",
+            op.body_read_timeout != np.body_read_timeout,
+        ),
+        (
             "proxy.header_read_timeout",
             op.header_read_timeout != np.header_read_timeout,
         ),
@@ -188,6 +196,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             oa.bootstrap_key_file != na.bootstrap_key_file,
         ),
         ("admin.tls (on/off)", oa.tls.is_some() != na.tls.is_some()),
+        (
+            "admin.max_connections",
+            oa.max_connections != na.max_connections,
+        ),
+        (
+            "admin.max_connections_per_ip",
+            oa.max_connections_per_ip != na.max_connections_per_ip,
+        ),
         ("store.backend", old.store.backend != new.store.backend),
         (
             "store.max_stale",

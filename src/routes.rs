@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::error::shown;
+
 /// Why a request target was refused.
 ///
 /// Each variant's [`Display`](fmt::Display) is a short human sentence that is
@@ -339,14 +341,20 @@ impl RouteTable {
             check_prefix(&prefix)?;
             if prefix == "/" {
                 if table.root.replace(module).is_some() {
-                    return Err(format!("route prefix {prefix:?} is configured twice"));
+                    return Err(format!(
+                        "route prefix {} is configured twice",
+                        shown(&prefix)
+                    ));
                 }
             } else if table
                 .prefixes
                 .insert(prefix.clone().into_boxed_str(), module)
                 .is_some()
             {
-                return Err(format!("route prefix {prefix:?} is configured twice"));
+                return Err(format!(
+                    "route prefix {} is configured twice",
+                    shown(&prefix)
+                ));
             }
         }
         Ok(table)
@@ -385,16 +393,17 @@ impl RouteTable {
 /// Checks that a configured prefix is in the exact form [`RouteTable::lookup`]
 /// compares against, so a typo cannot silently make a route unreachable.
 fn check_prefix(prefix: &str) -> Result<(), String> {
+    let q = shown(prefix);
     if !prefix.starts_with('/') {
-        return Err(format!("route prefix {prefix:?} must start with '/'"));
+        return Err(format!("route prefix {q} must start with '/'"));
     }
     if prefix.contains('%') {
         return Err(format!(
-            "route prefix {prefix:?} must not contain '%' (write the decoded characters)"
+            "route prefix {q} must not contain '%' (write the decoded characters)"
         ));
     }
-    let normal = normalize_path(prefix)
-        .map_err(|e| format!("route prefix {prefix:?} is not a valid path: {e}"))?;
+    let normal =
+        normalize_path(prefix).map_err(|e| format!("route prefix {q} is not a valid path: {e}"))?;
     let canonical = if normal == "/" {
         "/"
     } else {
@@ -402,7 +411,8 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
     };
     if prefix != canonical {
         return Err(format!(
-            "route prefix {prefix:?} is not canonical; write it as {canonical:?}"
+            "route prefix {q} is not canonical; write it as {}",
+            shown(canonical)
         ));
     }
     Ok(())

@@ -11,13 +11,21 @@
 //!   a client still sending a head when it passes is disconnected (slowloris).
 //! - `idle_timeout` runs while a connection has no request in flight and no head is
 //!   arriving; when it passes the connection is closed gracefully (HTTP/2: GOAWAY).
+//!
+//! One client must not deny service to the others (slowloris, idle floods):
+//! - `max_connections_per_ip`: connections from one address beyond it are closed at
+//!   once after accept, so they never take one of the `max_connections` slots;
+//! - when every slot is taken, connections that are idle (no request in flight, no
+//!   bytes of a head received) are closed to make room for the waiting ones;
+//! - the listen backlog is [`LISTEN_BACKLOG`] so bursts wait in the kernel, not fail.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,8 +35,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -65,6 +73,8 @@ impl ConnInfo {
 pub struct Limits {
     /// Connections served at once; more wait in the kernel backlog.
     pub max_connections: usize,
+    /// Connections served at once from one client address; more are closed at once.
+    pub max_connections_per_ip: usize,
     /// Time to complete a TLS handshake, and to receive a request head (see the
     /// module documentation for when the clock runs).
     pub header_read_timeout: Duration,
@@ -75,6 +85,63 @@ pub struct Limits {
     /// Deadline for in-flight requests at shutdown.
     pub drain_timeout: Duration,
 }
+
+/// Length of the kernel's queue of connections not yet accepted (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default since 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a listen backlog of [`LISTEN_BACKLOG`] (std and tokio use 128
+/// and 1024), `SO_REUSEADDR` set as `TcpListener::bind` does.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Connections per client address of one listener.
+#[derive(Default)]
+struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip`, or `None` when `ip` already has `max`.
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpGuard> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard(Arc::clone(self), ip))
+    }
+}
+
+/// One counted connection; uncounted when dropped.
+struct IpGuard(Arc<PerIp>, IpAddr);
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut counts = self.0.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// How often a full listener asks its idle connections again to close.
+const RECLAIM_INTERVAL: Duration = Duration::from_millis(250);
+/// A connection idle for less than this is never reclaimed: a client that just
+/// connected (or just got its answer) may be about to send its request.
+const RECLAIM_MIN_IDLE: Duration = Duration::from_millis(500);
 
 /// hyper's smallest allowed HTTP/1 read buffer.
 const MIN_BUF: usize = 8192;
@@ -114,18 +181,34 @@ pub async fn serve<H, F, B>(
     // Semaphore permits are u32 when taken all at once (the drain below).
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
+    let per_ip = Arc::new(PerIp::default());
+    let reclaim = Arc::new(Notify::new());
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
 
     loop {
         // Wait for a free slot first: further connections stay in the kernel backlog.
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
+        // When none is free, idle connections are asked to make room.
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                // Asked again while full: connections idle too briefly the first time
+                // (or not yet listening) may be reclaimable now.
+                let acquired = loop {
+                    reclaim.notify_waiters();
+                    tokio::select! {
+                        p = Arc::clone(&permits).acquire_owned() => break p.ok(),
+                        () = tokio::time::sleep(RECLAIM_INTERVAL) => {}
+                        () = &mut shutdown => break None,
+                    }
+                };
+                match acquired {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
         };
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -138,11 +221,18 @@ pub async fn serve<H, F, B>(
             },
             () = &mut shutdown => break,
         };
+        let Some(ip_guard) = per_ip.enter(remote.ip(), limits.max_connections_per_ip) else {
+            // Closed at once: the slot stays free for other clients.
+            tracing::debug!(%remote, "refused: max_connections_per_ip reached");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             builder: Arc::clone(&builder),
             limits: limits.clone(),
             phase: phase_rx.clone(),
+            reclaim: Arc::clone(&reclaim),
         };
         let handler = handler.clone();
         let tls = tls.clone();
@@ -171,6 +261,7 @@ pub async fn serve<H, F, B>(
                         }
                     }
                 }
+                drop(ip_guard);
                 drop(permit);
             }
             .instrument(span),
@@ -215,6 +306,8 @@ struct Conn {
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Limits,
     phase: watch::Receiver<Phase>,
+    /// Notified when the listener is full: idle connections close.
+    reclaim: Arc<Notify>,
 }
 
 impl Conn {
@@ -291,6 +384,13 @@ impl Conn {
                 }
                 () = act.wake.notified() => {}
                 () = tokio::time::sleep_until(next) => {}
+                () = self.reclaim.notified() => {
+                    if closing.is_none() && act.is_idle() {
+                        tracing::debug!("listener full; closing this idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now() + hrt);
+                    }
+                }
                 r = self.phase.changed() => {
                     let phase = *self.phase.borrow_and_update();
                     if r.is_err() || phase == Phase::Closing {
@@ -321,6 +421,8 @@ struct Activity {
     head_since: AtomicU64,
     /// HTTP/2: there are no heads to time, only streams.
     h2: AtomicBool,
+    /// Bytes of a head arrived since the last request started (or since accept).
+    head_bytes: AtomicBool,
     /// Wakes the watchdog when a deadline moves earlier.
     wake: Notify,
 }
@@ -344,6 +446,7 @@ impl Activity {
             // nothing holds a connection slot as surely as a slow one.
             head_since: AtomicU64::new(if h2 { NONE } else { 0 }),
             h2: AtomicBool::new(h2),
+            head_bytes: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -360,6 +463,7 @@ impl Activity {
     fn on_read(&self) {
         if self.inflight.load(Ordering::Acquire) == 0
             && !self.h2.load(Ordering::Relaxed)
+            && !self.head_bytes.swap(true, Ordering::Relaxed)
             && self
                 .head_since
                 .compare_exchange(NONE, self.now(), Ordering::AcqRel, Ordering::Relaxed)
@@ -376,8 +480,21 @@ impl Activity {
         self.wake.notify_one();
     }
 
+    /// No request in flight and no head arriving for at least [`RECLAIM_MIN_IDLE`]:
+    /// closing loses nothing (a client that connected and sent nothing counts as idle).
+    fn is_idle(&self) -> bool {
+        let min = u64::try_from(RECLAIM_MIN_IDLE.as_millis()).unwrap_or(500);
+        self.inflight.load(Ordering::Acquire) == 0
+            && (self.h2.load(Ordering::Relaxed) || !self.head_bytes.load(Ordering::Relaxed))
+            && self
+                .now()
+                .saturating_sub(self.idle_since.load(Ordering::Acquire))
+                >= min
+    }
+
     fn request_started(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.head_bytes.store(false, Ordering::Relaxed);
         self.head_since.store(NONE, Ordering::Release);
         InflightGuard(Arc::clone(self))
     }

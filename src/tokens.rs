@@ -75,11 +75,13 @@ impl Expiry {
                         "{field}: must be at least 1s (expiry is kept in whole seconds)"
                     )));
                 }
-                let signed = SignedDuration::try_from(d)
-                    .map_err(|_| ApiError::Validation(format!("{field}: too long")))?;
-                let at = now
-                    .checked_add(signed)
-                    .map_err(|_| ApiError::Validation(format!("{field}: too long")))?;
+                let too_long = || {
+                    ApiError::Validation(format!(
+                        "{field}: too long (the expiry would be after 9999-12-30)"
+                    ))
+                };
+                let signed = SignedDuration::try_from(d).map_err(|_| too_long())?;
+                let at = now.checked_add(signed).map_err(|_| too_long())?;
                 Ok((Some(whole_seconds(at)), Some(d.as_secs() as i64)))
             }
         }
@@ -97,9 +99,17 @@ pub fn renewed_expiry(
     let secs = validity_secs
         .filter(|s| *s > 0)
         .ok_or(ApiError::NotRenewable)?;
+    // A token created to expire in 9999 has a validity period that no renewal can add
+    // again: say so, rather than calling it perpetual.
     let at = now
         .checked_add(SignedDuration::from_secs(secs))
-        .map_err(|_| ApiError::NotRenewable)?;
+        .map_err(|_| {
+            ApiError::Validation(format!(
+                "expires_in: renewing for the token's last validity period ({} days) would \
+                 end after 9999-12-30; give expires_at or expires_in",
+                secs / 86_400
+            ))
+        })?;
     Ok((Some(whole_seconds(at)), Some(secs)))
 }
 
@@ -178,7 +188,8 @@ pub fn check_extension(e: &str, config: &Config) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::Validation(format!(
-            "extension: unknown extension {e:?} (see GET /v1/extensions)"
+            "extension: unknown extension {} (see GET /v1/extensions)",
+            crate::error::shown(e)
         )))
     }
 }
@@ -673,5 +684,18 @@ mod tests {
         for bad in [None, Some(0), Some(-5)] {
             assert_eq!(renewed_expiry(now, bad), Err(ApiError::NotRenewable));
         }
+    }
+
+    /// Regression (#14 item 8): renewing a token created to expire in 9999 said "a
+    /// perpetual token cannot be renewed".
+    #[test]
+    fn renew_past_year_9999_is_a_validation_error_not_perpetual() {
+        let created = Timestamp::from_second(1_700_000_000).unwrap();
+        let far: Timestamp = "9999-12-30T00:00:00Z".parse().unwrap();
+        let validity = far.as_second() - created.as_second();
+        let later = Timestamp::from_second(1_700_000_000 + 30 * 86_400).unwrap();
+        let e = renewed_expiry(later, Some(validity)).unwrap_err();
+        assert_eq!(e.code(), "VALIDATION", "{e}");
+        assert!(e.to_string().contains("9999"), "{e}");
     }
 }

@@ -23,7 +23,10 @@ struct Env {
 impl Env {
     async fn new() -> Env {
         let up = spawn_upstream().await;
-        let mut toml = module_toml("agreements", &["/public/v1/agreements"], &up.url(), "");
+        // 200 concurrent creates come from one address: over the default per-address
+        // admin limit (32), which would close the rest at once.
+        let mut toml = "[admin]\nmax_connections_per_ip = 256\n".to_string();
+        toml += &module_toml("agreements", &["/public/v1/agreements"], &up.url(), "");
         toml += &module_toml("billing", &["/public/v1/billing"], &up.url(), "");
         let gw = spawn_gateway(&toml).await;
         Env { gw, _up: up }

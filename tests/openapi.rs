@@ -42,6 +42,8 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
                 "format",
                 "minItems",
                 "maxItems",
+                "uniqueItems",
+                "oneOf",
                 "minimum",
                 "maximum",
                 "default",
@@ -50,6 +52,19 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
             .contains(&k.as_str()),
             "schema keyword {k} is not covered by this validator"
         );
+    }
+    if let Some(alts) = s.get("oneOf").and_then(Value::as_array) {
+        let matching = alts
+            .iter()
+            .filter(|a| {
+                let mut e = Vec::new();
+                validate(doc, a, v, at, &mut e);
+                e.is_empty()
+            })
+            .count();
+        if matching != 1 {
+            errs.push(format!("{at}: {v} matches {matching} of oneOf"));
+        }
     }
     let mut err = |m: String| errs.push(format!("{at}: {m}"));
     if v.is_null() {
@@ -103,6 +118,9 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
                 && (a.len() as u64) > n
             {
                 err(format!("more than {n} items"));
+            }
+            if s["uniqueItems"] == true && a.iter().enumerate().any(|(i, x)| a[..i].contains(x)) {
+                err("items not unique".into());
             }
             if let Some(items) = s.get("items") {
                 for (i, x) in a.iter().enumerate() {
@@ -628,4 +646,124 @@ async fn the_validator_catches_wrong_answers() {
     let mut v = stats.clone();
     v["days"][0].as_object_mut().unwrap().remove("3xx");
     assert!(!check("TokenStats", &v).is_empty(), "3xx required");
+}
+
+/// Regression (#14 item 7): schemathesis found the document looser than the server —
+/// `extension=` empty, `days` above the retention, `permissions: [""]`, `grace_period`
+/// over 7d, `expires_in: "0ms"`, an extension given by its code. Each must now fail the
+/// schema AND be refused by the server; the boundary values next to them pass both.
+#[tokio::test]
+async fn document_is_as_strict_as_the_server() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&format!(
+        "[stats]\nretention_days = 10\n{}",
+        module_toml("agreements", &["/a"], &up.url(), "")
+    ))
+    .await;
+    let doc = fetch_doc(&gw).await;
+    let k = Some(gw.admin_key.as_str());
+    let schema_ok = |template: &str, method: &str, body: &Value| {
+        let schema =
+            &doc["paths"][template][method]["requestBody"]["content"]["application/json"]["schema"];
+        let mut errs = Vec::new();
+        validate(&doc, schema, body, "request", &mut errs);
+        errs.is_empty()
+    };
+    let create = |extra: Value| {
+        let mut b = json!({"name": "strict", "permissions": ["agreements"]});
+        for (key, v) in extra.as_object().unwrap() {
+            b[key] = v.clone();
+        }
+        b
+    };
+    for (bad, good) in [
+        (
+            json!({"permissions": [""]}),
+            json!({"permissions": ["agreements", "integrations"]}),
+        ),
+        (
+            json!({"permissions": ["agreements", "agreements"]}),
+            json!({"permissions": ["agreements"]}),
+        ),
+        (
+            json!({"extension": "EXT-816"}),
+            json!({"extension": "zapier"}),
+        ),
+        (
+            json!({"expires_in": "0ms"}),
+            json!({"expires_in": "1000ms"}),
+        ),
+        (json!({"expires_in": "999ms"}), json!({"expires_in": "1s"})),
+        (
+            json!({"expires_in": "1001y"}),
+            json!({"expires_in": "1000y"}),
+        ),
+    ] {
+        let (bad, good) = (create(bad), create(good));
+        assert!(
+            !schema_ok("/v1/tokens", "post", &bad),
+            "schema accepts {bad}"
+        );
+        let a = admin_call(&gw, Method::POST, "/v1/tokens", k, &bad.to_string()).await;
+        assert_eq!(a.status, 400, "server accepts {bad}");
+        assert!(
+            schema_ok("/v1/tokens", "post", &good),
+            "schema refuses {good}"
+        );
+        let a = admin_call(&gw, Method::POST, "/v1/tokens", k, &good.to_string()).await;
+        assert_eq!(a.status, 201, "server refuses {good}: {}", a.text());
+    }
+    let (id, _) = gw.token(&["agreements"]).await;
+    let rotate = format!("/v1/tokens/{id}/rotate");
+    for (grace, ok) in [
+        ("8d", false),
+        ("604801s", false),
+        ("169h", false),
+        ("2w", false),
+        ("1y", false),
+        ("7d", true),
+        ("604800s", true),
+        ("168h", true),
+        ("1w", true),
+        ("0s", true),
+    ] {
+        let body = json!({ "grace_period": grace });
+        assert_eq!(
+            schema_ok("/v1/tokens/{id}/rotate", "post", &body),
+            ok,
+            "{grace}"
+        );
+        let a = admin_call(&gw, Method::POST, &rotate, k, &body.to_string()).await;
+        assert_eq!(a.status == 200, ok, "{grace}: {}", a.text());
+    }
+    // Query parameters: the enum of extension names, days up to the retention.
+    let params = doc["paths"]["/v1/tokens"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let ext = params.iter().find(|p| p["name"] == "extension").unwrap();
+    let mut errs = Vec::new();
+    validate(&doc, &ext["schema"], &json!(""), "extension", &mut errs);
+    assert!(!errs.is_empty(), "extension= passes the schema");
+    let a = admin_call(&gw, Method::GET, "/v1/tokens?extension=", k, "").await;
+    assert_eq!(a.status, 400);
+    let days = doc["paths"]["/v1/tokens/{id}/stats"]["parameters"][1]["schema"].clone();
+    assert_eq!(days["maximum"], 10);
+    let a = admin_call(
+        &gw,
+        Method::GET,
+        &format!("/v1/tokens/{id}/stats?days=11"),
+        k,
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    let a = admin_call(
+        &gw,
+        Method::GET,
+        &format!("/v1/tokens/{id}/stats?days=10"),
+        k,
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
 }

@@ -225,7 +225,13 @@ async fn process(
                 ),
             });
         }
-        Op::OpenApi => return Ok(json_bytes(StatusCode::OK, openapi::document_bytes())),
+        Op::OpenApi => {
+            let rt = shared.runtime.load();
+            return Ok(json_bytes(
+                StatusCode::OK,
+                openapi::document_bytes(&rt.config),
+            ));
+        }
         Op::Metrics => return Ok(stats::metrics(shared).await),
         _ => {}
     }
@@ -240,7 +246,7 @@ async fn process(
             .ok_or_else(|| ApiError::TokenNotFound(id.chars().take(64).collect()))?;
         return stats::token_stats(shared, &rt, id, query.as_deref()).await;
     }
-    let body = read_body(req).await?;
+    let body = read_body(req, rt.config.proxy.body_read_timeout).await?;
     let ctx = Ctx {
         rt: &rt,
         tokens: &shared.tokens,
@@ -283,8 +289,12 @@ async fn authenticate(
     Ok(Caller { token })
 }
 
-/// Reads the whole body, at most [`MAX_BODY_BYTES`].
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+/// Reads the whole body, at most [`MAX_BODY_BYTES`], within `timeout` (the proxy's
+/// `body_read_timeout`; for 64 KiB a deadline on the whole body is enough): else 408.
+async fn read_body(
+    req: Request<Incoming>,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let too_large = ApiError::AdminBodyTooLarge(MAX_BODY_BYTES);
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH)
         && len
@@ -295,10 +305,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     {
         return Err(too_large);
     }
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let Ok(collected) = tokio::time::timeout(timeout, collect).await else {
+        return Err(ApiError::RequestTimeout);
+    };
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
         Err(_) => Err(ApiError::Validation(

@@ -4,26 +4,125 @@
 //! schema-driven fuzzer generates meaningful requests and a client can rely on the
 //! answers; `tests/openapi.rs` keeps it true: every route of [`super::ROUTES`] is here
 //! and the answers of a full lifecycle validate against these schemas.
-
-use std::sync::OnceLock;
+//!
+//! The document is as strict as the server (a schema-driven fuzzer found every gap as
+//! "valid request rejected"): enums come from the running configuration (extension
+//! names, module names for permissions, `days` up to `stats.retention_days`), and the
+//! duration patterns accept exactly the values the server does (`expires_in` from 1s to
+//! 1000y, `grace_period` from 0s to 7d), so the document is built per configuration.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::tokens::{DEFAULT_LIMIT, MAX_LIMIT, MAX_SEARCH_CHARS};
+use super::tokens::{DEFAULT_LIMIT, MAX_GRACE, MAX_LIMIT, MAX_SEARCH_CHARS};
+use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
 use crate::policy::{MAX_LIMIT_REQUESTS, MAX_QUOTA_REQUESTS};
-use crate::tokens::{MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS};
+use crate::tokens::{MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS, MIN_EXPIRES_IN};
 
 /// `SU-ddd-ddd-ddd`.
 const ID_PATTERN: &str = "^SU-[0-9]{3}-[0-9]{3}-[0-9]{3}$";
-/// An integer and a unit.
-const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h|d|w|y)$";
+/// Longest duration the parser accepts, in milliseconds (1000 years).
+const MAX_DURATION_MS: u64 = 1000 * 365 * 86_400_000;
+/// Duration units and their length in milliseconds.
+const UNITS: [(&str, u64); 7] = [
+    ("ms", 1),
+    ("s", 1_000),
+    ("m", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+    ("w", 7 * 86_400_000),
+    ("y", 365 * 86_400_000),
+];
 
-/// The document, serialised once.
-pub fn document_bytes() -> Bytes {
-    static DOC: OnceLock<Bytes> = OnceLock::new();
-    DOC.get_or_init(|| Bytes::from(document().to_string()))
-        .clone()
+/// The document for `config`, serialised.
+pub fn document_bytes(config: &Config) -> Bytes {
+    Bytes::from(document(config).to_string())
+}
+
+/// A regex alternation of the decimal numbers (no leading zero) from `10^(min_digits-1)`
+/// (or 1 when `min_digits` is 1) to `max`: the digit-by-digit construction of a
+/// numeric range. Empty when there is none.
+fn numbers_up_to(max: u64, min_digits: usize) -> Vec<String> {
+    if max == 0 {
+        return Vec::new();
+    }
+    let digits: Vec<u8> = max.to_string().bytes().map(|b| b - b'0').collect();
+    let k = digits.len();
+    let mut alts = Vec::new();
+    // Shorter numbers than `max`: any value of that length.
+    for len in min_digits.max(1)..k {
+        alts.push(match len - 1 {
+            0 => "[1-9]".to_string(),
+            n => format!("[1-9][0-9]{{{n}}}"),
+        });
+    }
+    if k < min_digits.max(1) {
+        return alts;
+    }
+    // Same length: equal to `max` up to position i, smaller at i, anything after.
+    for i in 0..k {
+        let low = if i == 0 { 1 } else { 0 };
+        let d = digits[i];
+        if d > low {
+            let prefix: String = digits[..i].iter().map(|x| char::from(b'0' + x)).collect();
+            let class = if d - 1 == low {
+                format!("{low}")
+            } else {
+                format!("[{low}-{}]", d - 1)
+            };
+            let rest = match k - i - 1 {
+                0 => String::new(),
+                n => format!("[0-9]{{{n}}}"),
+            };
+            alts.push(format!("{prefix}{class}{rest}"));
+        }
+    }
+    alts.push(max.to_string());
+    alts
+}
+
+/// A pattern for durations from `min_ms` (0 or a whole number of seconds) to `max_ms`,
+/// exactly as `config::parse_duration` reads them (leading zeros allowed).
+fn duration_pattern(min_ms: u64, max_ms: u64) -> String {
+    let mut alts = Vec::new();
+    for (unit, ms) in UNITS {
+        let max = max_ms / ms;
+        // Smallest accepted count of this unit: ceil(min_ms / ms), at least 1 unless 0
+        // is allowed. Only powers of ten (1, 1000) are needed as lower bounds here.
+        let min = min_ms.div_ceil(ms);
+        let mut nums = if min <= 1 {
+            numbers_up_to(max, 1)
+        } else {
+            debug_assert!(
+                min.to_string()
+                    .trim_start_matches('1')
+                    .bytes()
+                    .all(|b| b == b'0')
+            );
+            numbers_up_to(max, min.to_string().len())
+        };
+        if min_ms == 0 {
+            nums.push("0".into());
+        }
+        if nums.is_empty() || max < min {
+            continue;
+        }
+        alts.push(format!("0*({}){unit}", nums.join("|")));
+    }
+    format!("^({})$", alts.join("|"))
+}
+
+/// Permission names the server accepts: modules, `integrations` and `all`, each also
+/// in its `:read` form.
+fn permission_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.modules.iter().map(|m| m.name.clone()).collect();
+    if !names.iter().any(|n| n == ADMIN_MODULE) {
+        names.push(ADMIN_MODULE.to_string());
+    }
+    names.push(PERMISSION_ALL.to_string());
+    let read: Vec<String> = names.iter().map(|n| format!("{n}:read")).collect();
+    names.extend(read);
+    names
 }
 
 fn schema_ref(name: &str) -> Value {
@@ -113,12 +212,18 @@ fn quota_usage_schema() -> Value {
     })
 }
 
+fn with_default(mut s: Value, default: &str) -> Value {
+    s["default"] = json!(default);
+    s
+}
+
 fn nullable(mut s: Value) -> Value {
     s["nullable"] = json!(true);
     s
 }
 
 fn token_properties(with_key: bool) -> (Value, Value) {
+    // Answers may show names a reload has since removed: not an enum here.
     let ts = json!({ "type": "string", "format": "date-time" });
     let mut p = json!({
         "id": { "type": "string", "pattern": ID_PATTERN },
@@ -169,17 +274,28 @@ fn token_properties(with_key: bool) -> (Value, Value) {
     (p, json!(required))
 }
 
-fn schemas() -> Value {
+fn schemas(config: &Config) -> Value {
     let (token, token_required) = token_properties(false);
     let (token_key, token_key_required) = token_properties(true);
     let name = json!({ "type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS });
     let description = json!({ "type": "string", "maxLength": MAX_DESCRIPTION_CHARS });
     let external_id = json!({ "type": "string", "minLength": 1, "maxLength": MAX_EXTERNAL_ID_CHARS, "pattern": "^[!-~]+$" });
-    let permissions = json!({ "type": "array", "minItems": 1, "items": { "type": "string" } });
+    let extension_names: Vec<&str> = config.extensions.iter().map(|e| e.name.as_str()).collect();
+    let extension = json!({ "type": "string", "enum": extension_names,
+        "description": "An extension name from GET /v1/extensions (not its code)." });
+    // Each name once, from the configuration; the combination rules ("all" alone, no
+    // ":read" beside "all:read") are the server's (a 400 naming permissions).
+    let permissions = json!({
+        "type": "array", "minItems": 1, "uniqueItems": true,
+        "description": "Module names from GET /v1/modules (plus `integrations`), each optionally `:read`, or [\"all\"] / `all:read` (SPEC §8).",
+        "items": { "type": "string", "enum": permission_names(config) },
+    });
     let expires_at = json!({ "type": "string", "format": "date-time",
-        "description": "RFC 3339; must be in the future." });
-    let expires_in = json!({ "type": "string", "pattern": DURATION_PATTERN,
-        "description": "A duration such as 7d, 30d, 90d, 1y, 12h." });
+        "description": "RFC 3339; in the future and before 9999-12-30." });
+    let min_in = u64::try_from(MIN_EXPIRES_IN.as_millis()).unwrap_or(1000);
+    let expires_in = json!({ "type": "string", "pattern": duration_pattern(min_in, MAX_DURATION_MS),
+        "description": "A duration such as 7d, 30d, 90d, 1y, 12h: from 1s to 1000y." });
+    let max_grace = u64::try_from(MAX_GRACE.as_millis()).unwrap_or(u64::MAX);
     let rate_limits = json!({ "type": "array", "maxItems": 4, "items": schema_ref("RateLimit") });
     let allowed_ips = json!({ "type": "array", "maxItems": 64, "items": { "type": "string",
         "description": "An IPv4/IPv6 address or CIDR block without host bits below the prefix." } });
@@ -213,7 +329,7 @@ fn schemas() -> Value {
                 "name": name.clone(),
                 "description": nullable(description.clone()),
                 "external_id": nullable(external_id.clone()),
-                "extension": { "type": "string", "default": "custom" },
+                "extension": with_default(extension.clone(), "custom"),
                 "permissions": permissions.clone(),
                 "expires_at": nullable(expires_at.clone()),
                 "expires_in": expires_in.clone(),
@@ -229,7 +345,7 @@ fn schemas() -> Value {
                 "name": name,
                 "description": nullable(description),
                 "external_id": nullable(external_id),
-                "extension": { "type": "string" },
+                "extension": extension,
                 "permissions": permissions,
                 "expires_at": nullable(expires_at.clone()),
                 "expires_in": expires_in.clone(),
@@ -243,7 +359,7 @@ fn schemas() -> Value {
             "required": ["requests", "per"],
             "properties": {
                 "requests": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT_REQUESTS },
-                "per": { "type": "string", "pattern": DURATION_PATTERN,
+                "per": { "type": "string", "pattern": duration_pattern(1000, 86_400_000),
                     "description": "Whole seconds from 1s to 1d, e.g. 1m." },
             },
         },
@@ -252,8 +368,8 @@ fn schemas() -> Value {
         "Rotate": {
             "type": "object", "additionalProperties": false,
             "properties": {
-                "grace_period": { "type": "string", "pattern": DURATION_PATTERN, "default": "0s",
-                    "description": "How long the old secret keeps working (at most 7d)." },
+                "grace_period": { "type": "string", "pattern": duration_pattern(0, max_grace), "default": "0s",
+                    "description": "How long the old secret keeps working (0s to 7d)." },
             },
         },
         "Renew": {
@@ -349,7 +465,7 @@ fn error_responses() -> Value {
     })
 }
 
-fn paths() -> Value {
+fn paths(config: &Config) -> Value {
     let token = || ok("The token.", schema_ref("Token"));
     let token_key = || {
         ok(
@@ -361,9 +477,10 @@ fn paths() -> Value {
     let body = [("404", "NotFound"), ("413", "TooLarge")];
     let list_params = json!([
         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT } },
-        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } },
+        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": u32::MAX, "default": 0 } },
         { "name": "status", "in": "query", "schema": { "type": "string", "enum": ["active", "disabled", "expired"] } },
-        { "name": "extension", "in": "query", "schema": { "type": "string" } },
+        { "name": "extension", "in": "query", "schema": { "type": "string",
+            "enum": config.extensions.iter().map(|e| e.name.as_str()).collect::<Vec<_>>() } },
         { "name": "search", "in": "query", "description": "Case-insensitive substring of name, description or external id.",
           "schema": { "type": "string", "maxLength": MAX_SEARCH_CHARS } },
     ]);
@@ -447,7 +564,7 @@ fn paths() -> Value {
             "parameters": [id_param(), {
                 "name": "days", "in": "query", "required": false,
                 "description": "Days to show, 1 to stats.retention_days (default 30, or the retention if smaller).",
-                "schema": { "type": "integer", "minimum": 1, "maximum": 3650 },
+                "schema": { "type": "integer", "minimum": 1, "maximum": config.stats.retention_days },
             }],
             "get": op("tokenStats", "Responses per UTC day by class, oldest first, zeros included, with totals.",
                 responses(("200", ok("Statistics.", schema_ref("TokenStats"))), &nf)),
@@ -468,8 +585,8 @@ fn paths() -> Value {
     })
 }
 
-/// The whole document.
-pub fn document() -> Value {
+/// The whole document for the running configuration.
+pub fn document(config: &Config) -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -483,7 +600,7 @@ pub fn document() -> Value {
             { "name": "service", "description": "Health and this document" },
         ],
         "security": [{ "ApiKey": [] }],
-        "paths": paths(),
+        "paths": paths(config),
         "components": {
             "securitySchemes": {
                 "ApiKey": {
@@ -491,8 +608,91 @@ pub fn document() -> Value {
                     "description": "The header value is `ApiKey <id>:<secret>`.",
                 },
             },
-            "schemas": schemas(),
+            "schemas": schemas(config),
             "responses": error_responses(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_duration;
+
+    /// The patterns accept exactly what the server accepts (#14 item 7).
+    #[test]
+    fn duration_patterns_match_the_server_exactly() {
+        let expires_in =
+            regex::Regex::new(&duration_pattern(1000, MAX_DURATION_MS)).expect("regex");
+        let grace = regex::Regex::new(&duration_pattern(0, 7 * 86_400_000)).expect("regex");
+        let mut cases: Vec<String> = Vec::new();
+        for n in [
+            "0",
+            "00",
+            "1",
+            "7",
+            "8",
+            "9",
+            "10",
+            "99",
+            "100",
+            "167",
+            "168",
+            "169",
+            "999",
+            "1000",
+            "1001",
+            "10080",
+            "10081",
+            "52142",
+            "52143",
+            "365000",
+            "365001",
+            "604800",
+            "604801",
+            "8760000",
+            "8760001",
+            "525600000",
+            "525600001",
+            "604800000",
+            "604800001",
+            "31536000000",
+            "31536000001",
+            "31536000000000",
+            "31536000000001",
+            "0007",
+            "99999999999999999999",
+        ] {
+            for (u, _) in UNITS {
+                cases.push(format!("{n}{u}"));
+            }
+        }
+        cases.extend(["", "d", "7", "-1s", "1.5h", "7 d", "7x", "1D"].map(String::from));
+        for c in &cases {
+            let parsed = parse_duration(c).ok();
+            let ok_in = parsed.is_some_and(|d| d >= MIN_EXPIRES_IN);
+            assert_eq!(expires_in.is_match(c), ok_in, "expires_in {c:?}");
+            let ok_grace = parsed.is_some_and(|d| d <= MAX_GRACE);
+            assert_eq!(grace.is_match(c), ok_grace, "grace_period {c:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_up_to_is_exact() {
+        for max in [1u64, 7, 9, 10, 19, 20, 168, 1000, 10080, 52142] {
+            for min_digits in [1usize, 2, 4] {
+                let re =
+                    regex::Regex::new(&format!("^({})$", numbers_up_to(max, min_digits).join("|")));
+                let Ok(re) = re else { continue };
+                for n in 0..=max + 20 {
+                    let want = n >= 1 && n <= max && n.to_string().len() >= min_digits;
+                    assert_eq!(
+                        re.is_match(&n.to_string()),
+                        want,
+                        "max {max} min_digits {min_digits} n {n}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -250,6 +250,25 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Like [`nullable`] for an RFC 3339 time, with an error that says what is accepted
+/// instead of the date library's overflow text (jiff stops at 9999-12-30).
+fn nullable_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Timestamp>>, D::Error> {
+    let Some(s) = Option::<String>::deserialize(d)? else {
+        return Ok(Some(None));
+    };
+    match s.parse::<Timestamp>() {
+        Ok(t) => Ok(Some(Some(t))),
+        Err(_) if s.get(..4) == Some("9999") => Err(serde::de::Error::custom(
+            "too far in the future: the latest expiry is 9999-12-30T00:00:00Z \
+             (omit expires_at, or set it to null on PATCH, for a perpetual token)",
+        )),
+        Err(_) => Err(serde::de::Error::custom(format!(
+            "{} is not an RFC 3339 time such as 2030-01-31T00:00:00Z",
+            crate::error::shown(&s)
+        ))),
+    }
+}
+
 /// A field that may be absent but not `null`.
 fn not_null<T>(v: Option<Option<T>>, field: &str) -> Result<Option<T>, ApiError> {
     match v {
@@ -332,7 +351,7 @@ struct CreateBody {
     extension: Option<Option<String>>,
     #[serde(default)]
     permissions: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "nullable_time")]
     expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_in: Option<Option<String>>,
@@ -445,7 +464,7 @@ struct PatchBody {
     extension: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     permissions: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "nullable_time")]
     expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_in: Option<Option<String>>,
@@ -661,7 +680,7 @@ async fn rotate(
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RenewBody {
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "nullable_time")]
     expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_in: Option<Option<String>>,

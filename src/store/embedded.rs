@@ -56,14 +56,45 @@ fn encode(token: &Token) -> StoreResult<Vec<u8>> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file, creating its parent directory.
+    /// Opens the database file, or creates it (and its parent directory) when there is
+    /// no file at all. A file that exists but is empty, not a database or unreadable is
+    /// an error naming it: treating it as a new store would silently drop every token
+    /// and mint a new bootstrap admin.
     pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let db = Database::create(path)
-            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let shown = path.display();
+        let db = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(unavailable(format!(
+                    "{shown} is a directory, not a store file"
+                )));
+            }
+            Ok(m) if m.len() == 0 => {
+                return Err(unavailable(format!(
+                    "{shown} exists but is empty; refusing to start on it as a new store \
+                     (restore it from a backup, or remove it to start with no tokens)"
+                )));
+            }
+            Ok(_) => Database::open(path)
+                .map_err(|e| unavailable(format!("cannot open {shown}: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                // create_new: never initialise a file someone else made meanwhile.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .map_err(|e| unavailable(format!("cannot create {shown}: {e}")))?;
+                redb::backends::FileBackend::new(file)
+                    .and_then(|b| redb::Builder::new().create_with_backend(b))
+                    .map_err(|e| unavailable(format!("cannot create {shown}: {e}")))?
+            }
+            Err(e) => return Err(unavailable(format!("cannot read {shown}: {e}"))),
+        };
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(TOKENS).map_err(unavailable)?;
         txn.open_table(RETIRED).map_err(unavailable)?;

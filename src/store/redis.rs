@@ -32,6 +32,12 @@
 //! then answer 503 at once instead of queueing on a dead Redis) when a PING fails (the
 //! health check sends one every 500 ms) or after [`FAILURES_BEFORE_DOWN`] calls in a row
 //! failed; one slow or failed token read alone does not. Any success marks it up.
+//!
+//! On Redis Cluster one node answering says little: with a master down the keys of
+//! its slots cannot be served while the others still answer PING. So the health check
+//! also asks every master for `CLUSTER INFO`; unless each answers `cluster_state:ok`
+//! the store counts as down (`/readyz` 503, `keygate_store_up` 0, misses 503) until
+//! they do again, whatever other calls succeed meanwhile.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -299,6 +305,9 @@ impl ConnectionLike for Conn {
 struct Health {
     started: Instant,
     up: AtomicBool,
+    /// Cluster: every master answered `cluster_state:ok` at the last health check
+    /// (always true for a standalone server).
+    cluster_ok: AtomicBool,
     /// Calls failed since the last success.
     failures: AtomicU32,
     /// Milliseconds since `started` of the last successful call.
@@ -362,6 +371,39 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Asks every master of the cluster for `CLUSTER INFO`: all must answer, within the
+/// deadline, `cluster_state:ok`.
+async fn cluster_state(mut conn: ClusterConnection) -> StoreResult<()> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("INFO");
+    let answer = tokio::time::timeout(OP_TIMEOUT, conn.route_command(cmd, routing))
+        .await
+        .map_err(|_| unavailable("redis cluster: a master did not answer CLUSTER INFO in time"))?
+        .map_err(|e| unavailable(format!("redis cluster: CLUSTER INFO: {e}")))?;
+    // One answer per master, keyed by its address.
+    let answers: Vec<(String, Value)> = match answer {
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| (String::from_redis_value(k).unwrap_or_default(), v))
+            .collect(),
+        single => vec![(String::new(), single)],
+    };
+    if answers.is_empty() {
+        return Err(unavailable("redis cluster: no master answered"));
+    }
+    for (node, v) in answers {
+        let text = String::from_redis_value(v).unwrap_or_default();
+        if !text.lines().any(|l| l.trim() == "cluster_state:ok") {
+            return Err(unavailable(format!(
+                "redis cluster: node {node} does not report cluster_state:ok"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Splits `redis+cluster://[user:pass@]h1:p1,h2:p2` into one `redis://` URL per node.
 fn cluster_nodes(url: &str) -> StoreResult<Vec<String>> {
     let rest = url
@@ -381,6 +423,28 @@ fn cluster_nodes(url: &str) -> StoreResult<Vec<String>> {
         return Err(unavailable("redis+cluster:// URL names no node"));
     }
     Ok(nodes)
+}
+
+/// Checks that `url` (`redis://`, `rediss://` or `redis+cluster://h1:p1,…`) parses as
+/// the Redis client will read it, so `check-config` catches what `serve` would fail on.
+pub fn check_url(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    let nodes = if url.starts_with("redis+cluster://") {
+        cluster_nodes(url).map_err(|e| match e {
+            StoreError::Unavailable(m) | StoreError::Corrupt(m) => m,
+        })?
+    } else {
+        vec![url.to_string()]
+    };
+    for node in &nodes {
+        if let Err(e) = node.as_str().into_connection_info() {
+            return Err(format!(
+                "{} is not a valid Redis URL: {e}",
+                crate::error::shown(&redacted(node))
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The URL without its password, for error messages.
@@ -444,6 +508,7 @@ impl RedisStore {
             health: Health {
                 started: Instant::now(),
                 up: AtomicBool::new(true),
+                cluster_ok: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
                 last_ok_ms: AtomicU64::new(0),
             },
@@ -590,7 +655,7 @@ impl RedisStore {
     /// Whether Redis is taken to be reachable: no failed PING and fewer than
     /// [`FAILURES_BEFORE_DOWN`] failed calls since the last success.
     pub fn is_up(&self) -> bool {
-        self.health.up.load(Ordering::Relaxed)
+        self.health.up.load(Ordering::Relaxed) && self.health.cluster_ok.load(Ordering::Relaxed)
     }
 
     /// How long ago Redis last answered.
@@ -600,13 +665,28 @@ impl RedisStore {
         Duration::from_millis(now.saturating_sub(last))
     }
 
-    /// PING; a failure marks the store down at once (the health check decides).
+    /// PING (and on a cluster `CLUSTER INFO` on every master); a failure marks the
+    /// store down at once (the health check decides).
     pub async fn ping(&self) -> StoreResult<()> {
-        let answer = self.query(&redis::cmd("PING")).await;
+        let answer = self.query::<()>(&redis::cmd("PING")).await;
         if answer.is_err() {
             self.mark_down();
+            return answer;
         }
-        answer
+        if let Conn::Cluster(c) = &self.conn {
+            let state = cluster_state(c.clone()).await;
+            let ok = state.is_ok();
+            if self.health.cluster_ok.swap(ok, Ordering::Relaxed) != ok {
+                match &state {
+                    Ok(()) => tracing::info!("redis cluster: every master serves its slots again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis cluster cannot serve every slot; store marked down")
+                    }
+                }
+            }
+            state?;
+        }
+        Ok(())
     }
 
     /// One token.

@@ -508,6 +508,29 @@ impl TestRedis {
         }
     }
 
+    /// Kills one cluster node (SIGKILL), by its index in `ports`.
+    pub fn kill_node(&mut self, i: usize) {
+        let mut c = std::mem::replace(
+            &mut self.children[i],
+            std::process::Command::new("true").spawn().unwrap(),
+        );
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Starts a node killed by [`TestRedis::kill_node`] again (same port and
+    /// `nodes.conf`, so it rejoins the cluster as itself).
+    pub async fn restart_node(&mut self, i: usize) {
+        let port = self.ports[i];
+        let old = std::mem::replace(
+            &mut self.children[i],
+            start_redis_process(port, self.dir.path(), true),
+        );
+        let mut old = old;
+        let _ = old.wait();
+        wait_redis_ready(port).await;
+    }
+
     /// Starts a killed standalone server again on the same port and data directory.
     pub async fn restart(&mut self) {
         assert!(self.children.is_empty(), "kill it first");
