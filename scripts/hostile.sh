@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The hostile-client campaign (issue #14), repeatable, against a release build on
+# 127.0.0.1 only:
+#
+#   scripts/hostile.sh [SOAK_SECONDS]        (default 60; PROBES=a,b runs only some)
+#   SCHEMATHESIS_SECONDS=N                   (default 120; 0 skips it)
+#
+# Starts an nginx upstream (access log kept, to see what reached it), keygate with its
+# default limits (plus a short body_read_timeout so the stalled-body probe is quick)
+# and runs scripts/hostile.py: HTTP/1 smuggling variants, malformed chunked bodies,
+# slowloris and slow POST from one address against the per-address limit, idle admin
+# connections vs /healthz, a stalled body, h2 rapid reset, CONTINUATION flood, HPACK
+# bomb, stream flood, and a soak at 256 connections with RSS sampled every 5 s; then
+# schemathesis on /openapi.json for a bounded time. One line per probe:
+# `probe<TAB>ok|FAIL<TAB>figure`. Exit code: the number of FAIL lines. Every process
+# started here is stopped by PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SOAK=${1:-60}
+ST_SECS=${SCHEMATHESIS_SECONDS:-120}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+}
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+python3 -c 'import h2, hpack' 2>/dev/null || pip3 install -q h2
+if [ "$ST_SECS" != 0 ]; then command -v schemathesis >/dev/null || pip3 install -q schemathesis; fi
+
+cargo build --release --quiet
+WORK=$(mktemp -d /tmp/keygate-hostile.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); KG=$(free_port); KGA=$(free_port)
+
+mkdir -p "$WORK/up"
+cat > "$WORK/up/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log $WORK/up/access.log;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location / { return 200 "ok\n"; }
+  }
+}
+CONF
+"$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
+
+cat > "$WORK/keygate.toml" <<CONF
+[proxy]
+listen = "127.0.0.1:$KG"
+body_read_timeout = "3s"
+[admin]
+listen = "127.0.0.1:$KGA"
+bootstrap_key_file = "$WORK/admin.key"
+[store]
+path = "$WORK/keygate.redb"
+[[modules]]
+name = "alpha"
+prefixes = ["/a"]
+upstream = "http://127.0.0.1:$UP"
+CONF
+KEYGATE_LOG=warn ./target/release/keygate serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
+for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
+ADMIN=$(cat "$WORK/admin.key")
+KEY=$(curl -sf "http://127.0.0.1:$KGA/v1/tokens" -H "Authorization: ApiKey $ADMIN" \
+  -d '{"name":"hostile","permissions":["alpha"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+
+echo "# keygate $(./target/release/keygate --version | cut -d' ' -f2), $(nproc) cores, soak ${SOAK}s"
+fails=0
+python3 scripts/hostile.py "$KG" "$KGA" "$KEY" "$KGPID" "$WORK/up/access.log" "$SOAK" || fails=$?
+
+if [ "$ST_SECS" != 0 ]; then
+  # Positive and negative examples; a 5xx, a crash, an answer off the schema or a valid
+  # request rejected all count as failures.
+  out=$(timeout --signal=INT "$((ST_SECS + 30))" schemathesis run "http://127.0.0.1:$KGA/openapi.json" \
+      -H "Authorization: ApiKey $ADMIN" --max-time "$ST_SECS" --checks all \
+      --exclude-checks ignored_auth --workers 2 --no-color 2>&1) || true
+  echo "$out" > "$WORK/schemathesis.log"
+  summary=$(echo "$out" | grep -E "^[ =]*([0-9]+ (passed|failed|errors?|skipped)|No issues found|[0-9]+ (failures|issues))" | tr '\n' ' ' | tr -s ' =')
+  if echo "$out" | grep -qiE "failures? found|[1-9][0-9]* failed|errors? found"; then
+    echo -e "schemathesis-${ST_SECS}s\tFAIL\t${summary:-see output}"
+    echo "$out" | tail -40
+    fails=$((fails + 1))
+  else
+    echo -e "schemathesis-${ST_SECS}s\tok\t${summary:-no failures}"
+  fi
+fi
+if ! kill -0 "$KGPID" 2>/dev/null; then
+  echo -e "keygate-alive\tFAIL\tthe process died; log tail:"; tail -20 "$WORK/keygate.log"; fails=$((fails + 1))
+else
+  echo -e "keygate-alive\tok\tRSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' /proc/$KGPID/status) at the end"
+fi
+exit "$fails"
