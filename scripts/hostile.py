@@ -93,7 +93,7 @@ async def hold_open(n, src, payload, port=PROXY):
             w.write(payload)
             await w.drain()
             try:
-                data = await asyncio.wait_for(r.read(1), 0.05)
+                data = await asyncio.wait_for(r.read(1), 0.02)
                 if data == b"":
                     refused += 1
                     w.close()
@@ -180,7 +180,9 @@ SMUGGLED = "/a/SMUGGLED"
 
 def smuggling_variants():
     k = f"Authorization: ApiKey {KEY}\r\n"
-    inner = f"GET {SMUGGLED} HTTP/1.1\r\nHost: gw\r\n{k}\r\n"
+    # The hidden request carries no key: keygate answers it 401 itself, so it reaches
+    # the upstream only if keygate and the upstream disagree on where a request ends.
+    inner = f"GET {SMUGGLED} HTTP/1.1\r\nHost: gw\r\n\r\n"
     n = len(inner)
     chunked = f"0\r\n\r\n{inner}"
     v = {
@@ -209,7 +211,7 @@ def smuggling_variants():
         "header-NUL": f"GET /a/x HTTP/1.1\r\nHost: gw\r\n{k}X-A: a\x00b\r\n\r\n",
         "space-in-target": f"GET /a/x {SMUGGLED} HTTP/1.1\r\nHost: gw\r\n{k}\r\n",
         "Connection-drops-auth": f"GET /a/x HTTP/1.1\r\nHost: gw\r\n{k}Connection: authorization, x-keygate-token-id\r\n\r\n",
-        "upgrade-h2c": f"GET {SMUGGLED} HTTP/1.1\r\nHost: gw\r\n{k}Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        "upgrade-h2c": f"GET /a/x HTTP/1.1\r\nHost: gw\r\n{k}Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     }
     return v
 
@@ -217,7 +219,7 @@ def smuggling_variants():
 async def probe_smuggling():
     statuses = {}
     for name, raw in smuggling_variants().items():
-        status, _ = await request(raw.encode("latin-1"), timeout=5)
+        status, _ = await request(raw.encode("latin-1"), timeout=1.5)
         statuses[name] = status
     await asyncio.sleep(0.5)
     with open(UPLOG, "rb") as f:
@@ -339,18 +341,13 @@ async def probe_stream_flood():
     r, w = await asyncio.open_connection(HOST, PROXY)
     c = h2_conn()
     w.write(c.data_to_send())
-    await w.drain()
-    # 1000 concurrent slow requests on one connection (max_concurrent_streams is 256).
+    enc = hpack.Encoder()
+    # 1000 requests opened at once on one connection, bodies never sent (streams stay
+    # open); keygate allows 256 concurrent streams and must refuse the rest.
     for sid in range(1, 2000, 2):
-        try:
-            c.send_headers(sid, headers("/a/x"), end_stream=False)
-        except h2.exceptions.TooManyStreamsError:
-            break
-        except h2.exceptions.ProtocolError:
-            break
-    w.write(c.data_to_send())
+        w.write(frame(1, 0x4, sid, enc.encode(headers("/a/x"))))
     await w.drain()
-    refused, t = 0, time.monotonic()
+    resets, goaway, buf, t = 0, False, b"", time.monotonic()
     while time.monotonic() - t < 3:
         try:
             data = await asyncio.wait_for(r.read(65536), 0.5)
@@ -358,13 +355,18 @@ async def probe_stream_flood():
             continue
         if not data:
             break
-        for ev in c.receive_data(data):
-            if isinstance(ev, h2.events.StreamReset):
-                refused += 1
-        w.write(c.data_to_send())
+        buf += data
+        while len(buf) >= 9:
+            ln = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + ln:
+                break
+            resets += buf[3] == 3
+            goaway |= buf[3] == 7
+            buf = buf[9 + ln:]
     w.close()
     ok, _, _ = await legit_latencies(5)
-    report("h2-stream-flood", ok == 5, f"{len(c.streams)} streams open client-side, {refused} reset by keygate; others {ok}/5 ok")
+    report("h2-stream-flood", ok == 5,
+           f"1000 streams opened at once: {resets} refused (RST_STREAM), GOAWAY {goaway}; RSS {rss_mib():.0f} MiB; others {ok}/5 ok")
 
 
 async def probe_soak():

@@ -28,6 +28,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 python3 -c 'import h2, hpack' 2>/dev/null || pip3 install -q h2
 if [ "$ST_SECS" != 0 ]; then command -v schemathesis >/dev/null || pip3 install -q schemathesis; fi
 
+ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
 cargo build --release --quiet
 WORK=$(mktemp -d /tmp/keygate-hostile.XXXXXX)
 PIDS=()
