@@ -29,7 +29,9 @@ python3 -c 'import h2, hpack' 2>/dev/null || pip3 install -q h2
 if [ "$ST_SECS" != 0 ]; then command -v schemathesis >/dev/null || pip3 install -q schemathesis; fi
 
 ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
-cargo build --release --quiet
+# KEYGATE_BIN=path runs against another build (e.g. target/debug/keygate) instead.
+BIN=${KEYGATE_BIN:-./target/release/keygate}
+[ -n "${KEYGATE_BIN:-}" ] || cargo build --release --quiet
 WORK=$(mktemp -d /tmp/keygate-hostile.XXXXXX)
 PIDS=()
 cleanup() {
@@ -74,13 +76,13 @@ name = "alpha"
 prefixes = ["/a"]
 upstream = "http://127.0.0.1:$UP"
 CONF
-KEYGATE_LOG=warn ./target/release/keygate serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
+KEYGATE_LOG=warn "$BIN" serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
 for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
 ADMIN=$(cat "$WORK/admin.key")
 KEY=$(curl -sf "http://127.0.0.1:$KGA/v1/tokens" -H "Authorization: ApiKey $ADMIN" \
   -d '{"name":"hostile","permissions":["alpha"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 
-echo "# keygate $(./target/release/keygate --version | cut -d' ' -f2), $(nproc) cores, soak ${SOAK}s"
+echo "# $BIN $("$BIN" --version | cut -d' ' -f2), $(nproc) cores, soak ${SOAK}s"
 fails=0
 python3 scripts/hostile.py "$KG" "$KGA" "$KEY" "$KGPID" "$WORK/up/access.log" "$SOAK" || fails=$?
 
