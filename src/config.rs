@@ -470,40 +470,9 @@ fn apply_env(f: &mut FileConfig, env: &impl Fn(&str) -> Option<String>) {
     }
 }
 
-/// Parses a duration: an integer and a unit (`ms`, `s`, `m`, `h`, `d`, `w`, `y` = 365 days).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let q = shown(s);
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{q} has no unit (use ms, s, m, h, d, w or y)"))?;
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!("{q} does not start with a number"));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{q}: number out of range"))?;
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
-        "y" => 365 * 86_400_000,
-        _ => {
-            return Err(format!(
-                "{q}: unknown unit {unit:?} (use ms, s, m, h, d, w or y)"
-            ));
-        }
-    };
-    let ms = n
-        .checked_mul(unit_ms)
-        .filter(|ms| *ms <= 1000 * 365 * 86_400_000)
-        .ok_or_else(|| format!("{q} is too long (at most 1000y)"))?;
-    Ok(Duration::from_millis(ms))
-}
+/// Durations are parsed by [`crate::duration::parse`], the grammar the admin API
+/// shares; re-exported here for the callers that read it as a configuration rule.
+pub use crate::duration::parse as parse_duration;
 
 /// Checks a module or extension name: 1–64 of `a-z 0-9 _ -`, starting with a letter or digit.
 pub fn valid_name(name: &str) -> bool {

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod events;
 mod gateway;
