@@ -210,14 +210,8 @@ impl ApiError {
 
     /// The whole response.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let mut res = Response::new(Full::new(self.body()));
-        *res.status_mut() = self.status();
+        let mut res = json_response(self.status(), self.body());
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             ApiError::AuthMissing => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
@@ -241,6 +235,26 @@ pub fn shown(s: &str) -> String {
         None => format!("{s:?}"),
         Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
     }
+}
+
+/// An answer of keygate's own (an error, the admin API, metrics): its `Content-Type`
+/// and `Cache-Control: no-store`, since no shared cache may keep API answers.
+pub fn own_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// A JSON answer of keygate's own.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    own_response(status, "application/json", body)
 }
 
 /// An error and all its sources on one line (`outer: inner: root`), for log lines and

@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod openapi;
+pub mod query;
 pub mod stats;
 pub mod tokens;
 
@@ -18,7 +19,7 @@ use jiff::Timestamp;
 
 use crate::auth;
 use crate::config::ADMIN_MODULE;
-use crate::error::ApiError;
+use crate::error::{ApiError, json_response};
 use crate::logging::{Exchange, Line};
 use crate::policy::Access;
 use crate::server::ConnInfo;
@@ -41,16 +42,36 @@ pub enum Op {
     Readyz,
     /// `GET /openapi.json`.
     OpenApi,
+    /// `GET /metrics`.
+    Metrics,
+    /// A `/v1/*` route: the caller must hold an admin token.
+    Admin(AdminOp),
+}
+
+/// A `/v1/*` route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOp {
     /// `GET /v1/tokens`.
     ListTokens,
     /// `POST /v1/tokens`.
     CreateToken,
+    /// `GET /v1/modules`.
+    Modules,
+    /// `GET /v1/extensions`.
+    Extensions,
+    /// A `/v1/tokens/{id}…` route.
+    Token(TokenOp),
+}
+
+/// A `/v1/tokens/{id}…` route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOp {
     /// `GET /v1/tokens/{id}`.
-    GetToken,
+    Get,
     /// `PATCH /v1/tokens/{id}`.
-    EditToken,
+    Edit,
     /// `DELETE /v1/tokens/{id}`.
-    DeleteToken,
+    Delete,
     /// `POST /v1/tokens/{id}/disable`.
     Disable,
     /// `POST /v1/tokens/{id}/enable`.
@@ -63,12 +84,6 @@ pub enum Op {
     Events,
     /// `GET /v1/tokens/{id}/stats`.
     Stats,
-    /// `GET /metrics`.
-    Metrics,
-    /// `GET /v1/modules`.
-    Modules,
-    /// `GET /v1/extensions`.
-    Extensions,
 }
 
 /// One route: method, path template (`{id}` matches one segment), operation.
@@ -86,27 +101,36 @@ const fn route(method: Method, path: &'static str, op: Op) -> Route {
     Route { method, path, op }
 }
 
-/// Every route of the admin listener. `GET /metrics` and `GET /v1/tokens/{id}/stats`
-/// are added by the statistics/metrics work: a row here, an [`Op`], a handler and a
-/// `paths` entry in [`openapi::document`].
+const fn admin(method: Method, path: &'static str, op: AdminOp) -> Route {
+    route(method, path, Op::Admin(op))
+}
+
+const fn token(method: Method, path: &'static str, op: TokenOp) -> Route {
+    admin(method, path, AdminOp::Token(op))
+}
+
+/// Every route of the admin listener: the only place a path meets its handler. A new
+/// route is a row here, an [`Op`], its handler in [`process`] or
+/// [`tokens::dispatch`], and a `paths` entry in [`openapi::document`]. Templates with
+/// `{id}` are exactly the [`AdminOp::Token`] rows (a unit test checks it).
 pub const ROUTES: &[Route] = &[
     route(Method::GET, "/healthz", Op::Healthz),
     route(Method::GET, "/readyz", Op::Readyz),
     route(Method::GET, "/openapi.json", Op::OpenApi),
     route(Method::GET, "/metrics", Op::Metrics),
-    route(Method::GET, "/v1/tokens", Op::ListTokens),
-    route(Method::POST, "/v1/tokens", Op::CreateToken),
-    route(Method::GET, "/v1/tokens/{id}", Op::GetToken),
-    route(Method::PATCH, "/v1/tokens/{id}", Op::EditToken),
-    route(Method::DELETE, "/v1/tokens/{id}", Op::DeleteToken),
-    route(Method::POST, "/v1/tokens/{id}/disable", Op::Disable),
-    route(Method::POST, "/v1/tokens/{id}/enable", Op::Enable),
-    route(Method::POST, "/v1/tokens/{id}/rotate", Op::Rotate),
-    route(Method::POST, "/v1/tokens/{id}/renew", Op::Renew),
-    route(Method::GET, "/v1/tokens/{id}/events", Op::Events),
-    route(Method::GET, "/v1/tokens/{id}/stats", Op::Stats),
-    route(Method::GET, "/v1/modules", Op::Modules),
-    route(Method::GET, "/v1/extensions", Op::Extensions),
+    admin(Method::GET, "/v1/tokens", AdminOp::ListTokens),
+    admin(Method::POST, "/v1/tokens", AdminOp::CreateToken),
+    token(Method::GET, "/v1/tokens/{id}", TokenOp::Get),
+    token(Method::PATCH, "/v1/tokens/{id}", TokenOp::Edit),
+    token(Method::DELETE, "/v1/tokens/{id}", TokenOp::Delete),
+    token(Method::POST, "/v1/tokens/{id}/disable", TokenOp::Disable),
+    token(Method::POST, "/v1/tokens/{id}/enable", TokenOp::Enable),
+    token(Method::POST, "/v1/tokens/{id}/rotate", TokenOp::Rotate),
+    token(Method::POST, "/v1/tokens/{id}/renew", TokenOp::Renew),
+    token(Method::GET, "/v1/tokens/{id}/events", TokenOp::Events),
+    token(Method::GET, "/v1/tokens/{id}/stats", TokenOp::Stats),
+    admin(Method::GET, "/v1/modules", AdminOp::Modules),
+    admin(Method::GET, "/v1/extensions", AdminOp::Extensions),
 ];
 
 /// Matches `path` against a template; returns the `{id}` segment if there is one.
@@ -161,6 +185,8 @@ pub struct Caller {
 
 /// Everything a handler needs.
 pub struct Ctx<'a> {
+    /// The shared state.
+    pub shared: &'a Shared,
     /// The current configuration generation.
     pub rt: &'a Runtime,
     /// Token operations.
@@ -213,48 +239,42 @@ async fn process(
     actor: &mut Option<TokenId>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let (op, id) = resolve(req.method(), req.uri().path())?;
-    let id = id.map(str::to_string);
     match op {
-        Op::Healthz => return Ok(json_static(StatusCode::OK, r#"{"status":"ok"}"#)),
-        Op::Readyz => {
-            return Ok(match shared.store.check().await {
-                Ok(()) => json_static(StatusCode::OK, r#"{"status":"ready"}"#),
-                Err(_) => json_static(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"store unavailable"}"#,
-                ),
-            });
-        }
+        Op::Healthz => Ok(json_static(StatusCode::OK, r#"{"status":"ok"}"#)),
+        Op::Readyz => Ok(match shared.store.check().await {
+            Ok(()) => json_static(StatusCode::OK, r#"{"status":"ready"}"#),
+            Err(_) => json_static(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"store unavailable"}"#,
+            ),
+        }),
         Op::OpenApi => {
             let rt = shared.runtime.load();
-            return Ok(json_bytes(
+            Ok(json_response(
                 StatusCode::OK,
                 openapi::document_bytes(&rt.config),
-            ));
+            ))
         }
-        Op::Metrics => return Ok(stats::metrics(shared).await),
-        _ => {}
+        Op::Metrics => Ok(stats::metrics(shared).await),
+        Op::Admin(op) => {
+            // Templates without `{id}` give none; an empty id names no token.
+            let id = id.unwrap_or_default().to_string();
+            let rt = shared.runtime.load_full();
+            let caller = authenticate(shared, &rt, &req, conn).await?;
+            *actor = Some(caller.token.id);
+            let query = req.uri().query().map(str::to_string);
+            let body = read_body(req, rt.config.proxy.body_read_timeout).await?;
+            let ctx = Ctx {
+                shared,
+                rt: &rt,
+                tokens: &shared.tokens,
+                caller,
+                now: Timestamp::now(),
+                limiters: &shared.limiters,
+            };
+            tokens::dispatch(&ctx, op, &id, query.as_deref(), &body).await
+        }
     }
-
-    let rt = shared.runtime.load_full();
-    let caller = authenticate(shared, &rt, &req, conn).await?;
-    *actor = Some(caller.token.id);
-    let query = req.uri().query().map(str::to_string);
-    if op == Op::Stats {
-        let id = id.unwrap_or_default();
-        let id = TokenId::parse(id.as_bytes())
-            .ok_or_else(|| ApiError::TokenNotFound(id.chars().take(64).collect()))?;
-        return stats::token_stats(shared, &rt, id, query.as_deref()).await;
-    }
-    let body = read_body(req, rt.config.proxy.body_read_timeout).await?;
-    let ctx = Ctx {
-        rt: &rt,
-        tokens: &shared.tokens,
-        caller,
-        now: Timestamp::now(),
-        limiters: &shared.limiters,
-    };
-    tokens::dispatch(&ctx, op, id.as_deref(), query.as_deref(), &body).await
 }
 
 /// The proxy's credential check, the caller's `allowed_ips` against the TCP peer, then
@@ -319,20 +339,7 @@ async fn read_body(
 }
 
 fn json_static(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    json_bytes(status, Bytes::from_static(body.as_bytes()))
-}
-
-/// A JSON response.
-pub fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(body));
-    *res.status_mut() = status;
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    json_response(status, Bytes::from_static(body.as_bytes()))
 }
 
 #[cfg(test)]
@@ -346,15 +353,15 @@ mod tests {
         }
         assert_eq!(
             r(Method::GET, "/v1/tokens").unwrap(),
-            (Op::ListTokens, None)
+            (Op::Admin(AdminOp::ListTokens), None)
         );
         assert_eq!(
             r(Method::POST, "/v1/tokens/SU-1/rotate").unwrap(),
-            (Op::Rotate, Some("SU-1"))
+            (Op::Admin(AdminOp::Token(TokenOp::Rotate)), Some("SU-1"))
         );
         assert_eq!(
             r(Method::GET, "/v1/tokens/x").unwrap(),
-            (Op::GetToken, Some("x"))
+            (Op::Admin(AdminOp::Token(TokenOp::Get)), Some("x"))
         );
         assert_eq!(
             r(Method::PUT, "/v1/tokens/x"),
@@ -368,5 +375,18 @@ mod tests {
         );
         assert_eq!(r(Method::GET, "/nope"), Err(ApiError::NotFound));
         assert_eq!(allowed("/v1/tokens/x"), "GET, PATCH, DELETE");
+    }
+
+    #[test]
+    fn id_templates_are_exactly_the_token_routes() {
+        for r in ROUTES {
+            assert_eq!(
+                r.path.contains("{id}"),
+                matches!(r.op, Op::Admin(AdminOp::Token(_))),
+                "{} {}",
+                r.method,
+                r.path
+            );
+        }
     }
 }

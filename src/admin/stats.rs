@@ -1,11 +1,11 @@
 //! `GET /v1/tokens/{id}/stats` and `GET /metrics`.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::json_bytes;
-use crate::error::ApiError;
+use super::query::Query;
+use crate::error::{ApiError, json_response, own_response};
 use crate::metrics::Class;
 use crate::state::{Runtime, Shared};
 use crate::store::day_from_number;
@@ -68,7 +68,7 @@ pub async fn token_stats(
         "days": days,
         "totals": classes(&totals),
     });
-    Ok(json_bytes(StatusCode::OK, Bytes::from(body.to_string())))
+    Ok(json_response(StatusCode::OK, Bytes::from(body.to_string())))
 }
 
 fn classes(c: &[u64; 4]) -> serde_json::Map<String, serde_json::Value> {
@@ -82,27 +82,11 @@ fn classes(c: &[u64; 4]) -> serde_json::Map<String, serde_json::Value> {
 /// `days`: an integer in `1..=retention`; absent = min(30, retention). Other query
 /// parameters are ignored; a repeated `days` is refused.
 fn parse_days(query: Option<&str>, retention: u32) -> Result<u32, ApiError> {
-    let bad = || ApiError::Validation(format!("days: must be an integer from 1 to {retention}"));
-    let mut days = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name != "days" {
-            continue;
-        }
-        if days.is_some() {
-            return Err(ApiError::Validation("days: given more than once".into()));
-        }
-        // Plain ASCII digits only: no sign, no spaces, bounded length.
-        if value.is_empty() || value.len() > 5 || !value.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        days = Some(value.parse::<u32>().map_err(|_| bad())?);
-    }
-    let days = days.unwrap_or(DEFAULT_DAYS.min(retention));
-    if !(1..=retention).contains(&days) {
-        return Err(bad());
-    }
-    Ok(days)
+    let reason = format!("must be an integer from 1 to {retention}");
+    let days = Query::parse(query)?.integer("days", 1, u64::from(retention), &reason)?;
+    Ok(days.map_or(DEFAULT_DAYS.min(retention), |d| {
+        u32::try_from(d).unwrap_or(retention)
+    }))
 }
 
 /// `GET /metrics`: Prometheus text format. Checks the store first so
@@ -111,11 +95,7 @@ pub async fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     let up = shared.store.check().await.is_ok();
     shared.metrics.set_store_up(up);
     let (body, content_type) = shared.metrics.render();
-    let mut res = Response::new(Full::new(Bytes::from(body)));
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    own_response(StatusCode::OK, content_type, Bytes::from(body))
 }
 
 #[cfg(test)]
@@ -129,6 +109,8 @@ mod tests {
         assert_eq!(parse_days(Some("days=7"), 30), Ok(7));
         assert_eq!(parse_days(Some("x=1&days=30"), 30), Ok(30));
         assert_eq!(parse_days(None, 10), Ok(10));
+        // Form-decoded like every admin query (issue #10).
+        assert_eq!(parse_days(Some("days=%33"), 30), Ok(3));
         for bad in [
             "days=0",
             "days=31",
@@ -138,7 +120,7 @@ mod tests {
             "days=+3",
             "days=1.5",
             "days=abc",
-            "days=%33",
+            "days=%2B3",
             "days=99999999999",
             "days=1&days=2",
         ] {

@@ -10,9 +10,11 @@ use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{Ctx, Op, json_bytes};
-use crate::config::{ADMIN_MODULE, parse_duration};
-use crate::error::ApiError;
+use super::query::{Query, invalid};
+use super::{AdminOp, Ctx, TokenOp};
+use crate::config::ADMIN_MODULE;
+use crate::duration;
+use crate::error::{ApiError, json_response};
 use crate::policy::{
     Access, Cidr, Limiters, Quota, QuotaUsage, RateLimit, access, check_quota, check_rate_limits,
     parse_allowed_ips,
@@ -33,37 +35,18 @@ pub const MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
 /// Longest `search` value, in characters.
 pub const MAX_SEARCH_CHARS: usize = 1024;
 
-/// Runs the handler of `op` (a `/v1/*` route; the caller is authenticated).
+/// Runs the handler of a `/v1/*` route (the caller is authenticated).
 pub async fn dispatch(
     ctx: &Ctx<'_>,
-    op: Op,
-    id: Option<&str>,
+    op: AdminOp,
+    id: &str,
     query: Option<&str>,
     body: &Bytes,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    // Routes with `{id}` always have one; a token id of the wrong shape names no token.
-    let id = match id {
-        Some(s) => {
-            Some(TokenId::parse(s.as_bytes()).ok_or_else(|| ApiError::TokenNotFound(shorten(s)))?)
-        }
-        None => None,
-    };
-    let id = || id.ok_or(ApiError::Internal);
     match op {
-        Op::ListTokens => list(ctx, query).await,
-        Op::CreateToken => create(ctx, body).await,
-        Op::GetToken => {
-            let t = ctx.tokens.get(id()?).await?;
-            answer(ctx, StatusCode::OK, &t, None).await
-        }
-        Op::EditToken => edit(ctx, id()?, body).await,
-        Op::DeleteToken => delete(ctx, id()?).await,
-        Op::Disable => set_disabled(ctx, id()?, true).await,
-        Op::Enable => set_disabled(ctx, id()?, false).await,
-        Op::Rotate => rotate(ctx, id()?, body).await,
-        Op::Renew => renew(ctx, id()?, body).await,
-        Op::Events => events(ctx, id()?).await,
-        Op::Modules => {
+        AdminOp::ListTokens => list(ctx, query).await,
+        AdminOp::CreateToken => create(ctx, body).await,
+        AdminOp::Modules => {
             let m: Vec<ModuleView> = ctx
                 .rt
                 .config
@@ -77,8 +60,37 @@ pub async fn dispatch(
                 .collect();
             ok(StatusCode::OK, &m)
         }
-        Op::Extensions => ok(StatusCode::OK, &ctx.rt.config.extensions),
-        Op::Healthz | Op::Readyz | Op::OpenApi | Op::Metrics | Op::Stats => Err(ApiError::Internal),
+        AdminOp::Extensions => ok(StatusCode::OK, &ctx.rt.config.extensions),
+        AdminOp::Token(op) => {
+            // A token id of the wrong shape names no token.
+            let id = TokenId::parse(id.as_bytes())
+                .ok_or_else(|| ApiError::TokenNotFound(shorten(id)))?;
+            token_op(ctx, op, id, query, body).await
+        }
+    }
+}
+
+/// Runs the handler of a `/v1/tokens/{id}…` route.
+async fn token_op(
+    ctx: &Ctx<'_>,
+    op: TokenOp,
+    id: TokenId,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match op {
+        TokenOp::Get => {
+            let t = ctx.tokens.get(id).await?;
+            answer(ctx, StatusCode::OK, &t, None).await
+        }
+        TokenOp::Edit => edit(ctx, id, body).await,
+        TokenOp::Delete => delete(ctx, id).await,
+        TokenOp::Disable => set_disabled(ctx, id, true).await,
+        TokenOp::Enable => set_disabled(ctx, id, false).await,
+        TokenOp::Rotate => rotate(ctx, id, body).await,
+        TokenOp::Renew => renew(ctx, id, body).await,
+        TokenOp::Events => events(ctx, id).await,
+        TokenOp::Stats => super::stats::token_stats(ctx.shared, ctx.rt, id, query).await,
     }
 }
 
@@ -207,7 +219,7 @@ fn ok(status: StatusCode, value: &impl Serialize) -> Result<Response<Full<Bytes>
         tracing::error!(error = %e, "cannot serialise an admin answer");
         ApiError::Internal
     })?;
-    Ok(json_bytes(status, Bytes::from(body)))
+    Ok(json_response(status, Bytes::from(body)))
 }
 
 // ---------------------------------------------------------------------------
@@ -290,7 +302,7 @@ fn expiry(
         )),
         (Some(None), None) => Ok(Some(Expiry::Perpetual)),
         (Some(Some(t)), None) => Ok(Some(Expiry::At(t))),
-        (None, Some(s)) => parse_duration(&s)
+        (None, Some(s)) => duration::parse(&s)
             .map(|d| Some(Expiry::In(d)))
             .map_err(|e| ApiError::Validation(format!("expires_in: {e}"))),
         (None, None) => Ok(None),
@@ -644,7 +656,7 @@ async fn rotate(
     let grace = match not_null(b.grace_period, "grace_period")? {
         None => Duration::ZERO,
         Some(s) => {
-            parse_duration(&s).map_err(|e| ApiError::Validation(format!("grace_period: {e}")))?
+            duration::parse(&s).map_err(|e| ApiError::Validation(format!("grace_period: {e}")))?
         }
     };
     if grace > MAX_GRACE {
@@ -726,7 +738,7 @@ async fn delete(ctx: &Ctx<'_>, id: TokenId) -> Result<Response<Full<Bytes>>, Api
             may_change(&ctx.caller.token, target)
         })
         .await?;
-    let mut res = json_bytes(StatusCode::NO_CONTENT, Bytes::new());
+    let mut res = json_response(StatusCode::NO_CONTENT, Bytes::new());
     res.headers_mut().remove(header::CONTENT_TYPE);
     Ok(res)
 }
@@ -759,86 +771,42 @@ pub struct ListQuery {
     pub search: Option<String>,
 }
 
-/// Decodes `application/x-www-form-urlencoded` text (`+` is a space).
-fn form_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Parses the list query; every bad parameter is a `VALIDATION` naming it.
 pub fn parse_list_query(
     query: Option<&str>,
     config: &crate::config::Config,
 ) -> Result<ListQuery, ApiError> {
-    let mut q = ListQuery {
-        limit: DEFAULT_LIMIT,
-        ..ListQuery::default()
+    let q = Query::parse(query)?;
+    q.only(&["limit", "offset", "status", "extension", "search"])?;
+    let limit = q.integer(
+        "limit",
+        1,
+        MAX_LIMIT as u64,
+        "must be an integer from 1 to 1000",
+    )?;
+    let offset = q.integer("offset", 0, u64::MAX, "must be a non-negative integer")?;
+    let status = match q.get("status")? {
+        None => None,
+        Some("active") => Some(Status::Active),
+        Some("disabled") => Some(Status::Disabled),
+        Some("expired") => Some(Status::Expired),
+        Some(_) => return Err(invalid("status", "must be active, disabled or expired")),
     };
-    let mut seen: Vec<String> = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = |msg: &str| ApiError::Validation(format!("{}: {msg}", shorten(k)));
-        let key = form_decode(k).ok_or_else(|| bad("malformed percent-encoding"))?;
-        let value = form_decode(v).ok_or_else(|| bad("malformed percent-encoding"))?;
-        if seen.contains(&key) {
-            return Err(bad("given more than once"));
-        }
-        seen.push(key.clone());
-        match key.as_str() {
-            "limit" => {
-                q.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| bad("must be an integer from 1 to 1000"))?;
-            }
-            "offset" => {
-                q.offset = value
-                    .parse::<usize>()
-                    .map_err(|_| bad("must be a non-negative integer"))?;
-            }
-            "status" => {
-                q.status = Some(match value.as_str() {
-                    "active" => Status::Active,
-                    "disabled" => Status::Disabled,
-                    "expired" => Status::Expired,
-                    _ => return Err(bad("must be active, disabled or expired")),
-                });
-            }
-            "extension" => {
-                check_extension(&value, config).map_err(|_| bad("unknown extension"))?;
-                q.extension = Some(value);
-            }
-            "search" => {
-                if value.chars().count() > MAX_SEARCH_CHARS {
-                    return Err(bad("must be at most 1024 characters"));
-                }
-                q.search = (!value.is_empty()).then(|| value.to_lowercase());
-            }
-            _ => {
-                return Err(ApiError::Validation(format!(
-                    "{}: unknown query parameter (use limit, offset, status, extension, search)",
-                    shorten(&key)
-                )));
-            }
-        }
+    let extension = q.get("extension")?;
+    if let Some(e) = extension {
+        check_extension(e, config).map_err(|_| invalid("extension", "unknown extension"))?;
     }
-    Ok(q)
+    let search = q.get("search")?.unwrap_or("");
+    if search.chars().count() > MAX_SEARCH_CHARS {
+        return Err(invalid("search", "must be at most 1024 characters"));
+    }
+    Ok(ListQuery {
+        limit: limit.map_or(DEFAULT_LIMIT, |n| usize::try_from(n).unwrap_or(MAX_LIMIT)),
+        offset: offset.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        status,
+        extension: extension.map(str::to_string),
+        search: (!search.is_empty()).then(|| search.to_lowercase()),
+    })
 }
 
 fn matches(t: &Token, q: &ListQuery, now: Timestamp) -> bool {
@@ -892,17 +860,6 @@ async fn list(ctx: &Ctx<'_>, query: Option<&str>) -> Result<Response<Full<Bytes>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn form_decoding() {
-        assert_eq!(form_decode("a+b%20c").as_deref(), Some("a b c"));
-        assert_eq!(form_decode("%C3%A9").as_deref(), Some("\u{e9}"));
-        assert_eq!(form_decode("%"), None);
-        assert_eq!(form_decode("%4"), None);
-        assert_eq!(form_decode("%zz"), None);
-        assert_eq!(form_decode("%ff"), None);
-        assert_eq!(form_decode("%c0%ae"), None);
-    }
 
     #[test]
     fn json_errors_name_the_field() {
