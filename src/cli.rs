@@ -1,27 +1,34 @@
 //! `keygate token …`: a client of the admin API (SPEC §6). Human tables by default,
 //! `--json` prints the API's body unchanged; exit code 0, or non-zero with the server's
-//! error text on stderr.
+//! error text on stderr. `keygate healthcheck` is here too: both use the one admin
+//! client of [`client`].
 
-use keygate::error::error_chain;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use keygate::config::{Config, DEFAULT_CONFIG_PATH};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 
+mod client;
 mod stats;
+mod table;
 
-/// Whole-request deadline.
+use client::{AdminClient, Answer, Verify};
+use table::{Align, cell};
+
+/// Whole-request deadline of `keygate token …`.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest name shown in a table cell.
 const NAME_WIDTH: usize = 40;
+/// What a path segment or query value keeps unencoded: RFC 3986 unreserved characters.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// A failure of the command: printed as `keygate: <text>`, exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +55,13 @@ struct Connection {
     /// defaults of --admin-url and --admin-key-file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
-    /// Admin API base URL, e.g. http://127.0.0.1:9090.
+    /// Admin API base URL, e.g. http://127.0.0.1:9090 or https://admin.example:9090.
     #[arg(long, global = true, env = "KEYGATE_ADMIN_URL")]
     admin_url: Option<String>,
+    /// CA certificate (PEM) an https:// admin URL is verified against, instead of the
+    /// system roots.
+    #[arg(long, global = true, env = "KEYGATE_ADMIN_CA_FILE")]
+    admin_ca_file: Option<PathBuf>,
     /// File holding the admin key `<id>:<secret>` (else $KEYGATE_ADMIN_KEY, else the
     /// config's admin.bootstrap_key_file).
     #[arg(long, global = true)]
@@ -186,23 +197,54 @@ enum TokenCmd {
 
 /// Runs `keygate token …`.
 pub fn run(args: TokenArgs) -> Result<(), CliError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    block_on(run_async(args))
+}
+
+fn block_on<T>(f: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError(format!("cannot start the tokio runtime: {e}")))?;
-    rt.block_on(run_async(args))
+        .map_err(|e| CliError(format!("cannot start the tokio runtime: {e}")))?
+        .block_on(f)
 }
 
 async fn run_async(args: TokenArgs) -> Result<(), CliError> {
     let api = Api::new(&args.conn)?;
-    let json = args.conn.json;
+    let (method, path, body, output) = plan(args.cmd)?;
+    let answer = api.call(method, &path, body).await?;
+    if args.conn.json {
+        print_raw(&answer);
+    } else {
+        output.print(&answer);
+    }
+    Ok(())
+}
+
+/// How an answer is shown without `--json`.
+enum Output {
+    /// One token; with its API key on create and rotate.
+    Token { shows_key: bool },
+    /// A page of tokens.
+    List,
+    /// `deleted <id>`.
+    Deleted(String),
+    /// The day table and sparklines.
+    Stats,
+    /// The audit log.
+    Events,
+}
+
+/// The admin API request of a subcommand, and how its answer is shown.
+fn plan(cmd: TokenCmd) -> Result<(Method, String, Option<Value>, Output), CliError> {
     let tid = |id: &str| format!("/v1/tokens/{}", encode(id));
-    match args.cmd {
-        TokenCmd::Create { fields } => {
-            let body = fields.body(false)?;
-            let a = api.call(Method::POST, "/v1/tokens", Some(body)).await?;
-            print_token(&a, json, true);
-        }
+    let token = |shows_key| Output::Token { shows_key };
+    Ok(match cmd {
+        TokenCmd::Create { fields } => (
+            Method::POST,
+            "/v1/tokens".into(),
+            Some(fields.body(false)?),
+            token(true),
+        ),
         TokenCmd::List {
             status,
             extension,
@@ -210,118 +252,104 @@ async fn run_async(args: TokenArgs) -> Result<(), CliError> {
             limit,
             offset,
         } => {
-            let mut q = Vec::new();
-            for (k, v) in [
+            let query = [
                 ("status", status),
                 ("extension", extension),
                 ("search", search),
                 ("limit", limit),
                 ("offset", offset),
-            ] {
-                if let Some(v) = v {
-                    q.push(format!("{k}={}", encode(&v)));
-                }
-            }
-            let path = if q.is_empty() {
-                "/v1/tokens".to_string()
-            } else {
-                format!("/v1/tokens?{}", q.join("&"))
-            };
-            let a = api.call(Method::GET, &path, None).await?;
-            if json {
-                print_raw(&a);
-            } else {
-                print_list(&a);
-            }
+            ];
+            (
+                Method::GET,
+                with_query("/v1/tokens", &query),
+                None,
+                Output::List,
+            )
         }
-        TokenCmd::Show { id } => {
-            let a = api.call(Method::GET, &tid(&id), None).await?;
-            print_token(&a, json, false);
-        }
-        TokenCmd::Edit { id, fields } => {
-            let body = fields.body(true)?;
-            let a = api.call(Method::PATCH, &tid(&id), Some(body)).await?;
-            print_token(&a, json, false);
-        }
-        TokenCmd::Disable { id } => {
-            let a = api
-                .call(Method::POST, &format!("{}/disable", tid(&id)), None)
-                .await?;
-            print_token(&a, json, false);
-        }
-        TokenCmd::Enable { id } => {
-            let a = api
-                .call(Method::POST, &format!("{}/enable", tid(&id)), None)
-                .await?;
-            print_token(&a, json, false);
-        }
+        TokenCmd::Show { id } => (Method::GET, tid(&id), None, token(false)),
+        TokenCmd::Edit { id, fields } => (
+            Method::PATCH,
+            tid(&id),
+            Some(fields.body(true)?),
+            token(false),
+        ),
+        TokenCmd::Disable { id } => (Method::POST, tid(&id) + "/disable", None, token(false)),
+        TokenCmd::Enable { id } => (Method::POST, tid(&id) + "/enable", None, token(false)),
         TokenCmd::Rotate { id, grace_period } => {
-            let mut body = Map::new();
-            if let Some(g) = grace_period {
-                body.insert("grace_period".into(), Value::String(g));
-            }
-            let a = api
-                .call(
-                    Method::POST,
-                    &format!("{}/rotate", tid(&id)),
-                    Some(Value::Object(body)),
-                )
-                .await?;
-            print_token(&a, json, true);
+            let body = object([("grace_period", grace_period)]);
+            (Method::POST, tid(&id) + "/rotate", Some(body), token(true))
         }
         TokenCmd::Renew {
             id,
             expires_in,
             expires_at,
         } => {
-            let mut body = Map::new();
-            if let Some(v) = expires_in {
-                body.insert("expires_in".into(), Value::String(v));
-            }
-            if let Some(v) = expires_at {
-                body.insert("expires_at".into(), Value::String(v));
-            }
-            let a = api
-                .call(
-                    Method::POST,
-                    &format!("{}/renew", tid(&id)),
-                    Some(Value::Object(body)),
-                )
-                .await?;
-            print_token(&a, json, false);
+            let body = object([("expires_in", expires_in), ("expires_at", expires_at)]);
+            (Method::POST, tid(&id) + "/renew", Some(body), token(false))
         }
-        TokenCmd::Delete { id } => {
-            let a = api.call(Method::DELETE, &tid(&id), None).await?;
-            if json {
-                print_raw(&a);
-            } else {
-                println!("deleted {id}");
-            }
-        }
+        TokenCmd::Delete { id } => (Method::DELETE, tid(&id), None, Output::Deleted(id)),
         TokenCmd::Stats { id, days } => {
-            let path = match days {
-                Some(d) => format!("{}/stats?days={}", tid(&id), encode(&d)),
-                None => format!("{}/stats", tid(&id)),
-            };
-            let a = api.call(Method::GET, &path, None).await?;
-            if json {
-                print_raw(&a);
-            } else {
-                print_stats(&a);
-            }
+            let path = with_query(&(tid(&id) + "/stats"), &[("days", days)]);
+            (Method::GET, path, None, Output::Stats)
         }
-        TokenCmd::Events { id } => {
-            let a = api
-                .call(Method::GET, &format!("{}/events", tid(&id)), None)
-                .await?;
-            if json {
-                print_raw(&a);
-            } else {
-                print_events(&a);
-            }
-        }
+        TokenCmd::Events { id } => (Method::GET, tid(&id) + "/events", None, Output::Events),
+    })
+}
+
+/// `path?k=v&…` with the given parameters, percent-encoded.
+fn with_query(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| Some(format!("{k}={}", encode(v.as_deref()?))))
+        .collect();
+    if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", q.join("&"))
     }
-    Ok(())
+}
+
+/// A JSON object of the given string fields.
+fn object<const N: usize>(fields: [(&str, Option<String>); N]) -> Value {
+    let m: Map<String, Value> = fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), Value::String(v?))))
+        .collect();
+    Value::Object(m)
+}
+
+/// `keygate healthcheck`: one `GET /healthz` on the configured admin listener
+/// (`https://` when `[admin] tls` is set), within `timeout`.
+pub fn healthcheck(config: &Config, timeout: Duration) -> Result<(), CliError> {
+    let scheme = if config.admin.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{}", local_address(config.admin.listen));
+    let client = AdminClient::new(&base, Verify::Nothing, timeout)?;
+    let answer = block_on(client.send(Method::GET, "/healthz", None, None))?;
+    if answer.status == StatusCode::OK {
+        println!("ok");
+        Ok(())
+    } else {
+        fail(format!(
+            "{base}/healthz answered {}",
+            answer.status.as_u16()
+        ))
+    }
+}
+
+/// `addr`, with an unspecified IP (listening on every interface) replaced by loopback.
+fn local_address(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr
 }
 
 impl Fields {
@@ -419,23 +447,10 @@ impl Fields {
     }
 }
 
-/// An answer of the admin API (2xx only; errors become [`CliError`]).
-struct Answer {
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// The admin API client.
+/// The admin API with the caller's key.
 struct Api {
-    base: String,
+    client: AdminClient,
     key: String,
-    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Api {
@@ -451,21 +466,17 @@ impl Api {
             None
         };
         let base = match (&conn.admin_url, &config) {
-            (Some(u), _) => u.trim_end_matches('/').to_string(),
+            (Some(u), _) => u.clone(),
             (None, Some(c)) => {
-                let mut addr = c.admin.listen;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("http://{addr}")
+                let scheme = if c.admin.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", local_address(c.admin.listen))
             }
             (None, None) => return fail("no admin URL (use --admin-url)"),
         };
-        if base.starts_with("https://") {
-            return fail(
-                "https admin URLs are not supported by this client; use an http:// address on a trusted network",
-            );
-        }
         let key = match (&conn.admin_key_file, env_key, &config) {
             (Some(f), _, _) => read_key(f)?,
             (None, Some(k), _) => k.trim().to_string(),
@@ -474,60 +485,29 @@ impl Api {
                 return fail("no admin key (use --admin-key-file or KEYGATE_ADMIN_KEY)");
             }
         };
+        let verify = Verify::Roots(conn.admin_ca_file.as_deref());
         Ok(Api {
-            base,
+            client: AdminClient::new(&base, verify, TIMEOUT)?,
             key,
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         })
     }
 
+    /// Sends the request; a non-2xx answer is the server's error text.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<Answer, CliError> {
-        let url = format!("{}{path}", self.base);
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| CliError(format!("bad admin URL {url:?}: {e}")))?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("ApiKey {}", self.key));
-        let body = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(v.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| CliError(format!("cannot build the request: {e}")))?;
-        let exchange = async {
-            let res = self.client.request(req).await.map_err(|e| {
-                CliError(format!(
-                    "cannot reach the admin API at {}: {}",
-                    self.base,
-                    error_chain(&e)
-                ))
-            })?;
-            let (parts, body) = res.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| CliError(format!("reading the answer failed: {e}")))?
-                .to_bytes();
-            Ok::<_, CliError>((parts.status, parts.headers, body))
-        };
-        let (status, headers, body) = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| CliError(format!("no answer from {} within 30s", self.base)))??;
-        if !status.is_success() {
-            return Err(server_error(status, &body));
+        let body = body.map(|v| v.to_string());
+        let a = self
+            .client
+            .send(method, path, Some(&self.key), body)
+            .await?;
+        if !a.status.is_success() {
+            return Err(server_error(a.status, &a.body));
         }
-        Ok(Answer { headers, body })
+        Ok(a)
     }
 }
 
@@ -569,21 +549,31 @@ fn read_key(path: &Path) -> Result<String, CliError> {
     Ok(key.to_string())
 }
 
-/// Percent-encodes a path segment or query value (everything but unreserved characters).
+/// Percent-encodes a path segment or query value (everything but unreserved
+/// characters).
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 // ---------------------------------------------------------------------------
 // Output.
+
+impl Output {
+    fn print(&self, a: &Answer) {
+        match self {
+            Output::Token { shows_key } => print_token(a, *shows_key),
+            Output::List => print_list(a),
+            Output::Deleted(id) => println!("deleted {id}"),
+            Output::Stats => print_stats(a),
+            Output::Events => print_events(a),
+        }
+    }
+}
+
+/// The body as JSON (`null` when it is not).
+fn json_of(a: &Answer) -> Value {
+    serde_json::from_slice(&a.body).unwrap_or(Value::Null)
+}
 
 fn print_raw(a: &Answer) {
     let text = String::from_utf8_lossy(&a.body);
@@ -600,60 +590,35 @@ fn str_of(v: &Value) -> String {
     }
 }
 
-/// `2026-11-23T10:00:00Z` → `2026-11-23 10:00`.
+/// `2026-11-23T10:00:00Z` → `2026-11-23 10:00` (UTC); anything else as it came.
 fn short_time(v: &Value) -> String {
     match v.as_str() {
-        Some(s) if s.len() >= 16 => s[..16].replace('T', " "),
-        Some(s) => s.to_string(),
+        Some(s) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) => t.strftime("%Y-%m-%d %H:%M").to_string(),
+            Err(_) => s.to_string(),
+        },
         None => "never".into(),
     }
 }
 
 fn permissions_cell(v: &Value) -> String {
-    match v.as_array() {
-        Some(a) if a.len() == 1 && a[0] == "all" => "all".into(),
+    match v.as_array().map(Vec::as_slice) {
+        Some([only]) if only == "all" => "all".into(),
         Some(a) => a.len().to_string(),
         None => "-".into(),
     }
 }
 
-fn cell(s: &str, width: usize) -> String {
-    if s.chars().count() > width {
-        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
-        t.push('…');
-        t
-    } else {
-        s.to_string()
-    }
+/// The rows of a JSON array answer, one per element.
+fn rows_of(a: &Answer, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    json_of(a)
+        .as_array()
+        .map(|l| l.iter().map(row).collect())
+        .unwrap_or_default()
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(header.iter().map(|s| s.to_string()).collect());
-    for r in rows {
-        line(r.clone());
-    }
-}
-
-fn print_token(a: &Answer, json: bool, shows_key: bool) {
-    if json {
-        print_raw(a);
-        return;
-    }
-    let t = a.json();
+fn print_token(a: &Answer, shows_key: bool) {
+    let t = json_of(a);
     let perms = t["permissions"]
         .as_array()
         .map(|p| p.iter().map(str_of).collect::<Vec<_>>().join(", "))
@@ -728,68 +693,51 @@ fn list_text(v: &Value, empty: &str) -> String {
 }
 
 fn print_list(a: &Answer) {
-    let list = a.json();
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|t| {
-                    vec![
-                        str_of(&t["id"]),
-                        cell(&str_of(&t["name"]), NAME_WIDTH),
-                        str_of(&t["extension"]),
-                        permissions_cell(&t["permissions"]),
-                        str_of(&t["status"]),
-                        short_time(&t["created_at"]),
-                        short_time(&t["expires_at"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    print_table(
-        &[
-            "ID",
-            "NAME",
-            "EXTENSION",
-            "PERMISSIONS",
-            "STATUS",
-            "CREATED",
-            "EXPIRES",
-        ],
-        &rows,
-    );
+    let rows = rows_of(a, |t| {
+        vec![
+            str_of(&t["id"]),
+            cell(&str_of(&t["name"]), NAME_WIDTH),
+            str_of(&t["extension"]),
+            permissions_cell(&t["permissions"]),
+            str_of(&t["status"]),
+            short_time(&t["created_at"]),
+            short_time(&t["expires_at"]),
+        ]
+    });
+    let header = [
+        "ID",
+        "NAME",
+        "EXTENSION",
+        "PERMISSIONS",
+        "STATUS",
+        "CREATED",
+        "EXPIRES",
+    ];
+    print!("{}", table::render(&header, &rows, &[Align::Left]));
     if let Some(range) = a.headers.get("content-range").and_then(|v| v.to_str().ok()) {
         println!("({range})");
     }
 }
 
 fn print_events(a: &Answer) {
-    let rows: Vec<Vec<String>> = a
-        .json()
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|e| {
-                    let fields = e["fields"]
-                        .as_array()
-                        .map(|f| f.iter().map(str_of).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default();
-                    vec![
-                        str_of(&e["at"]),
-                        str_of(&e["actor"]),
-                        str_of(&e["action"]),
-                        fields,
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    print_table(&["AT", "ACTOR", "ACTION", "FIELDS"], &rows);
+    let rows = rows_of(a, |e| {
+        let fields = e["fields"]
+            .as_array()
+            .map(|f| f.iter().map(str_of).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        vec![
+            str_of(&e["at"]),
+            str_of(&e["actor"]),
+            str_of(&e["action"]),
+            fields,
+        ]
+    });
+    let header = ["AT", "ACTOR", "ACTION", "FIELDS"];
+    print!("{}", table::render(&header, &rows, &[Align::Left]));
 }
 
 fn print_stats(a: &Answer) {
-    let v = a.json();
+    let v = json_of(a);
     match stats::render(&v) {
         Some(text) => print!("{text}"),
         // Unknown shape: show it as it came.
@@ -797,5 +745,37 @@ fn print_stats(a: &Answer) {
             "{}",
             serde_json::to_string_pretty(&v).unwrap_or_else(|_| json!(null).to_string())
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_keeps_only_unreserved_characters() {
+        assert_eq!(encode("SU-160-984-311"), "SU-160-984-311");
+        assert_eq!(encode("a b/c?d&e=é~._"), "a%20b%2Fc%3Fd%26e%3D%C3%A9~._");
+        assert_eq!(
+            with_query(
+                "/v1/tokens",
+                &[("search", Some("x&y".into())), ("limit", None)]
+            ),
+            "/v1/tokens?search=x%26y"
+        );
+        assert_eq!(with_query("/p", &[("days", None)]), "/p");
+    }
+
+    #[test]
+    fn times_are_shortened_without_slicing_strings() {
+        assert_eq!(
+            short_time(&json!("2026-11-23T10:00:00Z")),
+            "2026-11-23 10:00"
+        );
+        // Regression (issue #10): byte slicing panicked on a multi-byte character at
+        // byte 16.
+        assert_eq!(short_time(&json!("2026-11-23T10:0é")), "2026-11-23T10:0é");
+        assert_eq!(short_time(&json!("soon")), "soon");
+        assert_eq!(short_time(&Value::Null), "never");
     }
 }

@@ -232,32 +232,6 @@ fn upstream_text(m: &keygate::config::Module) -> String {
 /// One `GET /healthz` on the admin listener (TLS when `[admin] tls` is set).
 fn healthcheck(path: &std::path::Path, timeout: u64) -> anyhow::Result<()> {
     let config = load(path)?;
-    let mut addr = config.admin.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    let tls = config.admin.tls.is_some();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let status = rt.block_on(async move {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(timeout),
-            keygate::tls::probe_healthz(addr, tls),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {timeout}s"))?
-        .map_err(|e| anyhow::anyhow!("{addr}: {e}"))
-    })?;
-    if status == 200 {
-        println!("ok");
-        Ok(())
-    } else {
-        anyhow::bail!("{addr}/healthz answered {status}")
-    }
+    cli::healthcheck(&config, std::time::Duration::from_secs(timeout))?;
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! TLS with rustls (ring): the listeners' server configuration with a certificate that
 //! can be swapped while connections stay up (SIGHUP), and the client configuration for
-//! `https://` upstreams (system roots or a module's `ca_file`).
+//! `https://` upstreams (system roots or a module's `ca_file`) and the command line's
+//! admin client.
 
 use std::fmt;
 use std::path::Path;
@@ -166,50 +167,17 @@ fn system_roots() -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// `GET /healthz` over HTTP/1.1 on `addr` (TLS when `tls`), returning the status code.
-/// The probe sends no credential, so over TLS it does not verify the certificate: it
-/// is for a container health check on the same host, where names and trust stores do
-/// not fit (the certificate is for the public name, the probe dials 127.0.0.1).
-pub async fn probe_healthz(addr: std::net::SocketAddr, tls: bool) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let request = format!(
-        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: keygate-healthcheck\r\nConnection: close\r\n\r\n"
-    );
-    let mut answer = Vec::new();
-    if tls {
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS configuration: {e}"))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(probe::AnyCert(provider())))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        // A peer that closes without close_notify still gave us its answer.
-        let _ = s.read_to_end(&mut answer).await;
-    } else {
-        let mut s = tcp;
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let _ = s.read_to_end(&mut answer).await;
-    }
-    let line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| "no HTTP answer".to_string())
+/// Client configuration for the credential-free health probe (`keygate healthcheck`):
+/// it does not verify the certificate, since it dials its own listener on this host
+/// (127.0.0.1) while the certificate is for the public name. It still checks the
+/// handshake signatures. Never for a request that carries a credential.
+pub fn probe_client_config() -> Result<ClientConfig, String> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(probe::AnyCert(provider())))
+        .with_no_client_auth())
 }
 
 mod probe {

@@ -260,10 +260,75 @@ async fn admin_listener_can_use_tls() {
         text(h1.send_request(r).await.unwrap()).await.0,
         StatusCode::OK
     );
-    // The container health probe speaks TLS too.
-    assert_eq!(keygate::tls::probe_healthz(gw.admin, true).await, Ok(200));
-    // The proxy listener stays plain.
-    assert_eq!(keygate::tls::probe_healthz(gw.proxy, false).await, Ok(401));
+    // The container health probe speaks TLS too (it dials 127.0.0.1 and does not check
+    // the certificate's name).
+    let config = dir.path().join("probe.toml");
+    std::fs::write(&config, format!("[admin]\n{}", tls_toml(&cert, &key))).unwrap();
+    let probe = |admin: SocketAddr, config: PathBuf| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["healthcheck", "--config"])
+            .arg(config)
+            .env("KEYGATE_ADMIN_LISTEN", admin.to_string())
+            .output()
+            .unwrap()
+    };
+    let out = probe(gw.admin, config.clone());
+    assert!(out.status.success(), "{out:?}");
+    // The proxy listener is plain HTTP: the probe's TLS handshake fails there.
+    assert!(!probe(gw.proxy, config).status.success());
+}
+
+/// `keygate token list` against an https:// admin listener: verified against
+/// `--admin-ca-file` (or `KEYGATE_ADMIN_CA_FILE`), refused without it (the system roots
+/// do not know the test CA).
+#[tokio::test]
+async fn token_commands_work_against_an_https_admin_listener() {
+    let ca = new_ca("admin root");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), "admin", &leaf(&ca, "admin"));
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let gw = spawn_gateway(&format!("[admin]\n{}", tls_toml(&cert, &key))).await;
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, &gw.admin_key).unwrap();
+    let url = format!("https://localhost:{}", gw.admin.port());
+    let run = |extra: &[&str], env: Option<(&str, &Path)>| {
+        let (url, key_file) = (url.clone(), key_file.clone());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env = env.map(|(k, v)| (k.to_string(), v.to_path_buf()));
+        tokio::task::spawn_blocking(move || {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+            c.args(["token", "list", "--admin-url", &url, "--admin-key-file"])
+                .arg(&key_file)
+                .args(&extra)
+                .env_remove("KEYGATE_ADMIN_KEY")
+                .env_remove("KEYGATE_ADMIN_CA_FILE");
+            if let Some((k, v)) = env {
+                c.env(k, v);
+            }
+            c.output().unwrap()
+        })
+    };
+    let ca_arg = ca_file.display().to_string();
+    let out = run(&["--admin-ca-file", &ca_arg], None).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("bootstrap admin"), "{stdout}");
+    let out = run(&["--json"], Some(("KEYGATE_ADMIN_CA_FILE", &ca_file)))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "bootstrap admin");
+    // Without the CA the certificate is not trusted (or there are no system roots at
+    // all); the command fails before any request is sent.
+    let out = run(&[], None).await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the admin API") || stderr.contains("admin TLS"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@
 
 use serde_json::Value;
 
+use super::table::{self, Align};
+
 /// The response classes, in the order of the API's fields.
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 /// Eight levels, lowest first.
@@ -49,27 +51,20 @@ pub fn render(v: &Value) -> Option<String> {
         .collect::<Option<Vec<Day>>>()?;
     let totals = counts(&v["totals"])?;
 
-    let mut out = String::new();
-    let mut rows: Vec<[String; 5]> = vec![["DATE", "2XX", "3XX", "4XX", "5XX"].map(String::from)];
-    for d in &days {
-        rows.push(row(&d.date, &d.counts));
-    }
+    let mut rows: Vec<Vec<String>> = days.iter().map(|d| row(&d.date, &d.counts)).collect();
     rows.push(row("total", &totals));
-    let mut widths = [0usize; 5];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for r in &rows {
-        // The date left-aligned, the numbers right-aligned.
-        let mut line = format!("{:<w$}", r[0], w = widths[0]);
-        for (c, w) in r[1..].iter().zip(&widths[1..]) {
-            line.push_str(&format!("  {c:>w$}"));
-        }
-        out.push_str(&line);
-        out.push('\n');
-    }
+    // The date left-aligned, the numbers right-aligned.
+    let mut out = table::render(
+        &["DATE", "2XX", "3XX", "4XX", "5XX"],
+        &rows,
+        &[
+            Align::Left,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+        ],
+    );
 
     if let (Some(first), Some(last)) = (days.first(), days.last()) {
         out.push('\n');
@@ -116,14 +111,10 @@ fn counts(v: &Value) -> Option<[u64; 4]> {
     Some(c)
 }
 
-fn row(label: &str, c: &[u64; 4]) -> [String; 5] {
-    [
-        label.to_string(),
-        c[0].to_string(),
-        c[1].to_string(),
-        c[2].to_string(),
-        c[3].to_string(),
-    ]
+fn row(label: &str, c: &[u64; 4]) -> Vec<String> {
+    std::iter::once(label.to_string())
+        .chain(c.iter().map(u64::to_string))
+        .collect()
 }
 
 /// One character per value, scaled to the series' maximum: 0 is a blank, any other
