@@ -177,13 +177,30 @@ mod tests {
         assert_eq!(presented(&h).err(), Some(MultipleAuthorization));
     }
 
-    #[test]
-    fn arbitrary_bytes_never_panic() {
-        for len in 0..80 {
-            for fill in [0u8, b' ', b'a', b':', 0xff] {
-                let mut v = b"ApiKey ".to_vec();
-                v.resize(len, fill);
-                let _ = parse(&v);
+    proptest::proptest! {
+        /// Any header value, bytes as they come: parsing never panics, and only a value
+        /// starting with the scheme and a space can be a credential.
+        #[test]
+        fn arbitrary_bytes_never_panic(v in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let parsed = parse(&v);
+            if matches!(parsed, Presented::Credential(_)) {
+                proptest::prop_assert!(v.len() <= MAX_AUTHORIZATION_LEN);
+                proptest::prop_assert!(v[..7].eq_ignore_ascii_case(b"apikey "));
+            }
+        }
+
+        /// The scheme followed by arbitrary bytes: never panics, never a credential
+        /// over the length bound.
+        #[test]
+        fn arbitrary_credentials_never_panic(
+            scheme in "(?i)apikey",
+            spaces in " {0,3}",
+            rest in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let mut v = format!("{scheme}{spaces}").into_bytes();
+            v.extend_from_slice(&rest);
+            if let Presented::Credential(_) = parse(&v) {
+                proptest::prop_assert!(v.len() <= MAX_AUTHORIZATION_LEN);
             }
         }
     }

@@ -314,6 +314,24 @@ impl Load {
         }
     }
 
+    /// Answers counted so far (expected status).
+    fn total(&self) -> u64 {
+        self.sent
+            .iter()
+            .flat_map(|c| c.iter().map(|n| n.load(Ordering::Relaxed)))
+            .sum()
+    }
+
+    /// Waits until `n` more requests than now have been answered as expected.
+    async fn wait_for_more(&self, n: u64) {
+        let want = self.total() + n;
+        assert!(
+            eventually(Duration::from_secs(20), async || self.total() >= want).await,
+            "the load stalled at {} answers, wanted {want}",
+            self.total()
+        );
+    }
+
     /// Stops the clients; returns `sent[token][class]` and the number failed.
     async fn finish(self) -> (Vec<[u64; 4]>, u64) {
         self.stop.store(true, Ordering::Relaxed);
@@ -347,9 +365,11 @@ async fn stored_counts(gw: &TestGateway, id: TokenId) -> [u64; 4] {
     sum
 }
 
-/// Waits until the store holds exactly `want` for every token, then checks that it
-/// still does a few flush intervals later (a retried batch would arrive late).
-async fn assert_counts_settle(gw: &TestGateway, ids: &[TokenId], want: &[[u64; 4]]) {
+/// Waits until the store holds exactly `want` for every token and no instance holds
+/// counts still to be written (a retried batch that could arrive late), then checks
+/// that the store still holds exactly `want`.
+async fn assert_counts_settle(gws: &[&TestGateway], ids: &[TokenId], want: &[[u64; 4]]) {
+    let gw = gws[0];
     let mut got = Vec::new();
     let settled = eventually(Duration::from_secs(10), async || {
         got.clear();
@@ -360,7 +380,15 @@ async fn assert_counts_settle(gw: &TestGateway, ids: &[TokenId], want: &[[u64; 4
     })
     .await;
     assert!(settled, "store counts {got:?}, requests sent {want:?}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || gws.iter().all(|g| g
+            .shared
+            .stats
+            .unflushed()
+            == 0))
+        .await,
+        "counts left unflushed"
+    );
     for (id, want) in ids.iter().zip(want) {
         assert_eq!(&stored_counts(gw, *id).await, want, "{id} changed later");
     }
@@ -400,7 +428,9 @@ async fn redis_outage_keeps_cached_tokens_working_and_counts_exact() {
     // Warm both caches through the load itself (its first requests are counted too).
     let bases = [a.url(""), b.url("")];
     let load = Load::start(&bases, path, &keys, 4);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Every (instance, token) pair answered at least once: both caches are warm.
+    load.wait_for_more(4 * (bases.len() * keys.len()) as u64)
+        .await;
 
     redis.kill();
     let killed = Instant::now();
@@ -422,7 +452,19 @@ async fn redis_outage_keeps_cached_tokens_working_and_counts_exact() {
     let a503 = get(&a.url(path), Some(&unseen_key)).await;
     assert_eq!(a503.status, 503);
     assert_eq!(a503.code(), "STORE_UNAVAILABLE");
-    tokio::time::sleep(Duration::from_secs(2).saturating_sub(killed.elapsed())).await;
+    // Keep Redis down until both instances failed a flush (their counts are kept in
+    // memory) while the load goes on with cached tokens.
+    let failed_flushes = |gw: &TestGateway| gw.shared.metrics.flush_errors.get();
+    let before = (failed_flushes(&a), failed_flushes(&b));
+    assert!(
+        eventually(Duration::from_secs(10), async || failed_flushes(&a)
+            > before.0
+            && failed_flushes(&b) > before.1)
+        .await,
+        "no flush failed while Redis was down"
+    );
+    load.wait_for_more(100).await;
+    println!("outage: Redis down for {:?}", killed.elapsed());
     redis.restart().await;
     for gw in [&a, &b] {
         assert!(
@@ -444,14 +486,15 @@ async fn redis_outage_keeps_cached_tokens_working_and_counts_exact() {
         })
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // And some more once it is back.
+    load.wait_for_more(100).await;
     let (sent, failed) = load.finish().await;
     let total: u64 = sent.iter().flatten().sum();
     println!("outage: {total} requests with cached tokens ({sent:?}), {failed} failed");
     assert!(total > 200, "the load ran ({total})");
     assert_eq!(failed, 0);
 
-    assert_counts_settle(&a, &ids, &sent).await;
+    assert_counts_settle(&[&a, &b], &ids, &sent).await;
     // The stats endpoint agrees, on either instance.
     let admin = if a.admin_key.is_empty() {
         &b.admin_key
@@ -499,20 +542,28 @@ async fn a_flush_whose_answer_is_lost_is_not_counted_twice() {
         keys.push(key);
     }
     let load = Load::start(&[a.url(""), b.url("")], path, &keys, 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let errors_before = a.shared.metrics.flush_errors.get() + b.shared.metrics.flush_errors.get();
+    load.wait_for_more(100).await;
+    let flush_errors = || a.shared.metrics.flush_errors.get() + b.shared.metrics.flush_errors.get();
+    let errors_before = flush_errors();
     let port = redis.ports[0];
     let sleeper = tokio::spawn(async move { redis_raw(port, "DEBUG SLEEP 2.5").await });
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(redis_asleep(port).await, "DEBUG SLEEP did not start");
+    // A flush runs into the stall (the store's deadline is shorter than the sleep).
+    assert!(
+        eventually(Duration::from_secs(10), async || flush_errors()
+            > errors_before)
+        .await,
+        "no flush ran into the stall"
+    );
     let _ = sleeper.await;
+    load.wait_for_more(100).await;
     let (sent, failed) = load.finish().await;
-    let errors =
-        a.shared.metrics.flush_errors.get() + b.shared.metrics.flush_errors.get() - errors_before;
+    let errors = flush_errors() - errors_before;
     let total: u64 = sent.iter().flatten().sum();
     println!("lost answers: {total} requests, {failed} failed, {errors} flushes timed out");
     assert_eq!(failed, 0);
     assert!(errors > 0, "a flush ran into the stall");
-    assert_counts_settle(&a, &ids, &sent).await;
+    assert_counts_settle(&[&a, &b], &ids, &sent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,14 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keygate"))
 }
@@ -30,10 +22,12 @@ impl Drop for Proc {
     }
 }
 
-fn write_config(dir: &Path, upstream: &str, proxy: u16, admin: u16) -> std::path::PathBuf {
+/// A configuration with both listeners on port 0: the bound addresses are read from
+/// the "keygate listening" log line.
+fn write_config(dir: &Path, upstream: &str) -> std::path::PathBuf {
     let path = dir.join("keygate.toml");
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nbootstrap_key_file = {:?}\n[store]\npath = {:?}\n{}",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n[store]\npath = {:?}\n{}",
         dir.join("admin.key").display().to_string(),
         dir.join("kg.redb").display().to_string(),
         module_toml("agreements", &["/public/v1/agreements"], upstream, "")
@@ -53,11 +47,25 @@ async fn wait_for_file(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
 }
 
+/// The proxy and admin addresses of a "keygate listening" line, text or JSON.
+fn listening_addresses(line: &str) -> Option<(String, String)> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        let addr = |k: &str| v[k].as_str().map(str::to_string);
+        return Some((addr("proxy")?, addr("admin")?));
+    }
+    let addr = |k: &str| {
+        line.split(&format!("{k}="))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    };
+    Some((addr("proxy")?, addr("admin")?))
+}
+
 async fn serve_round_trip(log_format: &str) -> Vec<String> {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let (pp, ap) = (free_port(), free_port());
-    let cfg = write_config(dir.path(), &up.url(), pp, ap);
+    let cfg = write_config(dir.path(), &up.url());
     let mut child = bin()
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -68,13 +76,32 @@ async fn serve_round_trip(log_format: &str) -> Vec<String> {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     let lines = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
+        let mut all = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push(line);
+        }
+        all
     });
     let proc = Proc(child);
+    let listening = tokio::task::spawn_blocking(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("keygate listening") => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+    .expect("a \"keygate listening\" log line");
+    let (proxy, admin) =
+        listening_addresses(&listening).unwrap_or_else(|| panic!("addresses in {listening:?}"));
     let key = wait_for_file(&dir.path().join("admin.key")).await;
     #[cfg(unix)]
     {
@@ -85,22 +112,14 @@ async fn serve_round_trip(log_format: &str) -> Vec<String> {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    assert!(
-        eventually(Duration::from_secs(10), async || {
-            tokio::net::TcpStream::connect(("127.0.0.1", pp))
-                .await
-                .is_ok()
-        })
-        .await
-    );
-    let a = get(&format!("http://127.0.0.1:{ap}/healthz"), None).await;
+    let a = get(&format!("http://{admin}/healthz"), None).await;
     assert_eq!(a.status, 200);
     // A slow request in flight when SIGTERM arrives still completes.
     let slow = tokio::spawn({
         let key = key.clone();
         async move {
             get(
-                &format!("http://127.0.0.1:{pp}/public/v1/agreements/slow?sleep_ms=500"),
+                &format!("http://{proxy}/public/v1/agreements/slow?sleep_ms=500"),
                 Some(&key),
             )
             .await

@@ -548,7 +548,10 @@ async fn redis_batch_applied_after_its_deadline_counts_once() {
     );
     let port = redis.ports[0];
     let sleeper = tokio::spawn(async move { common::redis_raw(port, "DEBUG SLEEP 2").await });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        common::redis_asleep(port).await,
+        "DEBUG SLEEP did not start"
+    );
     let (a, d) = (TokenId::random(), 20_200);
     let batch = BatchId::random();
     let rows = [(a, d, [7, 0, 0, 1])];

@@ -30,7 +30,7 @@ use jiff::Timestamp;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::Store;
-use crate::config::{Config, PERMISSION_ALL};
+use crate::config::{Config, MAX_MODULES, PERMISSION_ALL};
 use crate::policy::{Access, Policy};
 use crate::token::{SecretHash, Token, TokenId};
 
@@ -51,8 +51,10 @@ pub const MISS_READ_WAIT: Duration = Duration::from_millis(100);
 pub struct PermSet {
     all: bool,
     all_read: bool,
-    bits: [u64; 4],
-    read_bits: [u64; 4],
+    // `config::MAX_MODULES` bounds the module indices; an index beyond (a bug) is
+    // neither set nor allowed (`get`/`get_mut`), never a panic.
+    bits: [u64; MAX_MODULES / 64],
+    read_bits: [u64; MAX_MODULES / 64],
 }
 
 impl PermSet {

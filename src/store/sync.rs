@@ -57,7 +57,12 @@ async fn subscriber(shared: &Arc<Follower>, redis: &RedisStore) {
     let mut node = 0usize;
     let mut backoff = Duration::from_millis(50);
     loop {
-        let url = &urls[node % urls.len().max(1)];
+        let Some(url) = urls.get(node % urls.len().max(1)) else {
+            // `RedisStore::open` always names at least one node; without any, the
+            // periodic refresh alone keeps the cache coherent.
+            tracing::error!("no Redis node to subscribe to for token changes");
+            return std::future::pending().await;
+        };
         match subscribe(url, redis.channel()).await {
             Ok((sink, stream)) => {
                 tracing::debug!(channel = redis.channel(), "subscribed to token changes");
