@@ -556,6 +556,14 @@ async fn a_flush_whose_answer_is_lost_is_not_counted_twice() {
         "no flush ran into the stall"
     );
     let _ = sleeper.await;
+    // The sleeper's client may give up before Redis wakes: wait until it answers.
+    assert!(
+        eventually(Duration::from_secs(10), async || redis_raw(port, "PING")
+            .await
+            .is_some_and(|r| r.contains("PONG")))
+        .await,
+        "Redis did not wake up"
+    );
     load.wait_for_more(100).await;
     let (sent, failed) = load.finish().await;
     let errors = flush_errors() - errors_before;

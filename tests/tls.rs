@@ -264,18 +264,21 @@ async fn admin_listener_can_use_tls() {
     // the certificate's name).
     let config = dir.path().join("probe.toml");
     std::fs::write(&config, format!("[admin]\n{}", tls_toml(&cert, &key))).unwrap();
+    // The child runs off this (single-threaded) runtime, which serves the gateway.
     let probe = |admin: SocketAddr, config: PathBuf| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args(["healthcheck", "--config"])
-            .arg(config)
-            .env("KEYGATE_ADMIN_LISTEN", admin.to_string())
-            .output()
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .args(["healthcheck", "--config"])
+                .arg(config)
+                .env("KEYGATE_ADMIN_LISTEN", admin.to_string())
+                .output()
+                .unwrap()
+        })
     };
-    let out = probe(gw.admin, config.clone());
+    let out = probe(gw.admin, config.clone()).await.unwrap();
     assert!(out.status.success(), "{out:?}");
     // The proxy listener is plain HTTP: the probe's TLS handshake fails there.
-    assert!(!probe(gw.proxy, config).status.success());
+    assert!(!probe(gw.proxy, config).await.unwrap().status.success());
 }
 
 /// `keygate token list` against an https:// admin listener: verified against
