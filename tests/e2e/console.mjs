@@ -348,18 +348,18 @@ try {
       assert(res.status === 201, `create answered ${res.status}`);
     }
     await page.getByLabel('Rows per page').selectOption('10');
-    await until('page 1', async () => (await page.locator('#page-range').innerText()) === '1–10 of 14');
+    await until('page 1', async () => (await page.locator('#page-range').innerText()) === '1–10 of 15');
     assert((await page.locator('#tokens-body tr').count()) === 10, '10 rows');
     await page.getByRole('button', { name: 'Next page' }).click();
-    await until('page 2', async () => (await page.locator('#page-range').innerText()) === '11–14 of 14');
+    await until('page 2', async () => (await page.locator('#page-range').innerText()) === '11–15 of 15');
     assert(await page.getByRole('button', { name: 'Next page' }).isDisabled(), 'Next disabled on the last page');
     await page.getByRole('button', { name: 'Previous page' }).click();
-    await until('page 1 again', async () => (await page.locator('#page-range').innerText()) === '1–10 of 14');
+    await until('page 1 again', async () => (await page.locator('#page-range').innerText()) === '1–10 of 15');
     await page.locator('#f-extension').selectOption('reports');
     await until('11 reports tokens', async () => (await page.locator('#page-range').innerText()) === '1–10 of 11');
     await page.locator('#f-extension').selectOption('');
     await page.getByLabel('Rows per page').selectOption('25');
-    await until('all rows', async () => (await page.locator('#page-range').innerText()) === '1–14 of 14');
+    await until('all rows', async () => (await page.locator('#page-range').innerText()) === '1–15 of 15');
   });
 
   await shot(page, 'list-1280');
