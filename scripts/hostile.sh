@@ -16,15 +16,12 @@
 # started here is stopped by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 SOAK=${1:-60}
 ST_SECS=${SCHEMATHESIS_SECONDS:-120}
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
-  as_root apt-get update -qq >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
-}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_tools nginx:nginx-light curl:curl
+NGINX=$(nginx_bin)
 python3 -c 'import h2, hpack' 2>/dev/null || pip3 install -q h2
 if [ "$ST_SECS" != 0 ]; then command -v schemathesis >/dev/null || pip3 install -q schemathesis; fi
 
@@ -32,16 +29,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
 # KEYGATE_BIN=path runs against another build (e.g. target/debug/keygate) instead.
 BIN=${KEYGATE_BIN:-./target/release/keygate}
 [ -n "${KEYGATE_BIN:-}" ] || cargo build --release --quiet
-WORK=$(mktemp -d /tmp/keygate-hostile.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work_dir keygate-hostile
 UP=$(free_port); KG=$(free_port); KGA=$(free_port)
 
 mkdir -p "$WORK/up"
@@ -60,7 +48,7 @@ http {
   }
 }
 CONF
-"$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
+spawn "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
 
 cat > "$WORK/keygate.toml" <<CONF
 [proxy]
@@ -76,8 +64,7 @@ name = "alpha"
 prefixes = ["/a"]
 upstream = "http://127.0.0.1:$UP"
 CONF
-KEYGATE_LOG=warn "$BIN" serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
-for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
+start_keygate "$WORK/keygate.toml" "$BIN"
 ADMIN=$(cat "$WORK/admin.key")
 KEY=$(curl -sf "http://127.0.0.1:$KGA/v1/tokens" -H "Authorization: ApiKey $ADMIN" \
   -d '{"name":"hostile","permissions":["alpha"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')

@@ -29,6 +29,7 @@
 # nginx, curl, valgrind for CALLGRIND) are installed with apt-get when possible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 ROUNDS=${1:-3}
 SECS=${2:-10}
 TOKENS=${TOKENS:-10000}
@@ -39,19 +40,8 @@ CALLGRIND=${CALLGRIND:-}
 KEEP=${KEEP:-/tmp/keygate-callgrind}
 POLICY=${POLICY:-0}
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v curl >/dev/null || need+=(curl)
-[ -z "$CALLGRIND" ] || command -v valgrind >/dev/null || need+=(valgrind)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} with apt-get..."
-  { as_root apt-get update -qq >/dev/null &&
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } ||
-    { echo "cannot install ${need[*]}: install them by hand" >&2; exit 1; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_tools wrk:wrk nginx:nginx-light curl:curl ${CALLGRIND:+valgrind:valgrind}
+NGINX=$(nginx_bin)
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin keygate --example bare_proxy
 KEYGATE=${KEYGATE_BIN:-./target/release/keygate}
@@ -61,17 +51,7 @@ PIN_PROXY=(); PIN_REST=()
 if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   PIN_PROXY=(taskset -c 0); PIN_REST=(taskset -c 1)
 fi
-WORK=$(mktemp -d /tmp/keygate-load.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work_dir keygate-load
 UP=$(free_port); KG=$(free_port); KGA=$(free_port); NG=$(free_port); BP=$(free_port)
 
 # --- upstream: nginx, one worker, fixed answer.
@@ -91,7 +71,7 @@ http {
   }
 }
 CONF
-"${PIN_REST[@]}" "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
+spawn "${PIN_REST[@]}" "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
 
 # --- keygate.
 cat > "$WORK/keygate.toml" <<CONF
@@ -114,8 +94,7 @@ name = "billing"
 prefixes = ["/public/v1/billing"]
 upstream = "http://127.0.0.1:$UP"
 CONF
-KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$KEYGATE" serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
-for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
+start_keygate "$WORK/keygate.toml" "${PIN_PROXY[@]}" "$KEYGATE"
 ADMIN=$(cat "$WORK/admin.key")
 
 echo "creating $TOKENS tokens through the admin API..."
@@ -145,7 +124,7 @@ PY
 [ "$(wc -l < "$WORK/keys")" -eq "$TOKENS" ] || { echo "token creation failed"; exit 1; }
 
 # --- the bare hyper proxy: the same keys, the same job, nothing else.
-"${PIN_PROXY[@]}" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" "$WORK/keys" "$WORKERS" > "$WORK/bare.log" 2>&1 & BPPID=$!; PIDS+=($BPPID)
+spawn "${PIN_PROXY[@]}" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" "$WORK/keys" "$WORKERS" > "$WORK/bare.log" 2>&1; BPPID=$!
 
 # --- nginx as the authenticating gateway.
 mkdir -p "$WORK/gw"
@@ -187,7 +166,7 @@ http {
   }
 }
 CONF
-"${PIN_PROXY[@]}" "$NGINX" -c "$WORK/gw/nginx.conf" -p "$WORK/gw" & NGPID=$!; PIDS+=($NGPID)
+spawn "${PIN_PROXY[@]}" "$NGINX" -c "$WORK/gw/nginx.conf" -p "$WORK/gw"; NGPID=$!
 sleep 0.5
 
 # --- wrk: rotate over the 100 real keys.
@@ -226,8 +205,8 @@ if [ -n "$CALLGRIND" ]; then
   measure() { # name port command... -> Ir/request
     local name=$1 port=$2; shift 2
     rm -f "$KEEP/$name".*
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$KEEP/$name.%p" \
-      --trace-children=no "$@" > "$WORK/$name.vg.log" 2>&1 & local vp=$!
+    spawn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$KEEP/$name.%p" \
+      --trace-children=no "$@" > "$WORK/$name.vg.log" 2>&1; local vp=$!
     for _ in $(seq 600); do
       [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/agreements/x")" = 200 ] && break
       sleep 0.2

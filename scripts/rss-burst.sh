@@ -15,35 +15,17 @@
 # Every process started here is stopped by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 STREAMS=${1:-256}
 REQUESTS=${2:-60000}
 MAX_UP=${MAX_UP:-1024}
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-need=()
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} with apt-get..."
-  { as_root apt-get update -qq >/dev/null &&
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } ||
-    { echo "cannot install ${need[*]}: install them by hand" >&2; exit 1; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_tools h2load:nghttp2-client nginx:nginx-light curl:curl
+NGINX=$(nginx_bin)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo build --release --quiet --bin keygate
-WORK=$(mktemp -d /tmp/keygate-rss.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work_dir keygate-rss
 UP=$(free_port); KG=$(free_port); KGA=$(free_port)
 
 mkdir -p "$WORK/up/html"
@@ -65,7 +47,7 @@ http {
   }
 }
 CONF
-"$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
+spawn "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
 
 cat > "$WORK/keygate.toml" <<CONF
 [proxy]
@@ -82,8 +64,7 @@ prefixes = ["/public/v1/agreements"]
 upstream = "http://127.0.0.1:$UP"
 max_upstream_connections = $MAX_UP
 CONF
-env ${ALLOC:+LD_PRELOAD=$ALLOC} KEYGATE_LOG=warn ./target/release/keygate serve --config "$WORK/keygate.toml" > "$WORK/keygate.log" 2>&1 & KGPID=$!; PIDS+=($KGPID)
-for _ in $(seq 100); do [ -s "$WORK/admin.key" ] && break; sleep 0.1; done
+start_keygate "$WORK/keygate.toml" env ${ALLOC:+LD_PRELOAD=$ALLOC} ./target/release/keygate
 KEY=$(cat "$WORK/admin.key")
 URL="http://127.0.0.1:$KG/public/v1/agreements/big"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $KEY" "$URL")
@@ -93,7 +74,7 @@ rss() { awk '/VmRSS/{print $2}' "/proc/$KGPID/status"; }
 upconns() { ss -tn state established "( dport = :$UP )" 2>/dev/null | tail -n +2 | wc -l; }
 sleep 1
 IDLE=$(rss)
-h2load -c10 -m"$STREAMS" -n"$REQUESTS" -H "Authorization: ApiKey $KEY" "$URL" > "$WORK/h2load.out" 2>&1 & H2=$!; PIDS+=($H2)
+spawn h2load -c10 -m"$STREAMS" -n"$REQUESTS" -H "Authorization: ApiKey $KEY" "$URL" > "$WORK/h2load.out" 2>&1; H2=$!
 PEAK=$IDLE; PEAKUP=0
 while kill -0 "$H2" 2>/dev/null; do
   r=$(rss); [ "$r" -gt "$PEAK" ] && PEAK=$r
