@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """The hostile-client campaign against a running keygate (see scripts/hostile.sh).
 
-Usage: hostile.py PROXY_PORT ADMIN_PORT API_KEY KEYGATE_PID UPSTREAM_LOG [SOAK_SECONDS]
+Usage: hostile.py PROXY_PORT ADMIN_PORT API_KEY KEYGATE_PID UPSTREAM_LOG [SOAK_SECONDS [BODY_LOG]]
+
+The module under /a is nginx (UPSTREAM_LOG: its access log); the one under /b is
+scripts/body_upstream.py, which reads each body to its end before answering and logs
+`METHOD PATH bytes` to BODY_LOG: the body probes go there, so a broken or stalled body
+is seen by keygate while the upstream still waits for it.
 
 Prints one line per probe: `probe<TAB>verdict<TAB>figure`. The verdict is `ok` when
 keygate behaved as documented (docs/hostile.md), `FAIL` otherwise; the exit code is
@@ -23,6 +28,7 @@ import hpack
 
 PROXY, ADMIN, KEY, PID, UPLOG = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 SOAK = int(sys.argv[6]) if len(sys.argv) > 6 else 60
+BODYLOG = sys.argv[7] if len(sys.argv) > 7 else None
 HOST = "127.0.0.1"
 FAILS = 0
 
@@ -157,22 +163,43 @@ async def probe_idle_admin():
     report("idle-admin-400-conns", ok == 10, f"{len(ws)} idle connections; /healthz {ok}/10 ok, max {max(lat):.1f} ms")
 
 
+def body_log_lines(path):
+    """Lines of the body-reading upstream's log that mention `path`."""
+    if not BODYLOG or not os.path.exists(BODYLOG):
+        return []
+    with open(BODYLOG) as f:
+        return [line for line in f if f" {path} " in line]
+
+
 async def probe_stalled_body():
+    # To the body-reading upstream (/b): it waits for the 100 bytes, so only keygate's
+    # body_read_timeout can end the exchange; the answer must be the client's 408, and
+    # the upstream must never see a complete request.
     t = time.monotonic()
     status, text = await request(
-        f"POST /a/x HTTP/1.1\r\nHost: gw\r\nAuthorization: ApiKey {KEY}\r\nContent-Length: 100\r\n\r\nabc".encode(), timeout=60)
+        f"POST /b/stalled HTTP/1.1\r\nHost: gw\r\nAuthorization: ApiKey {KEY}\r\nContent-Length: 100\r\n\r\nabc".encode(), timeout=60)
     el = time.monotonic() - t
-    report("stalled-body", status == 408 and "REQ_TIMEOUT" in text, f"{status} after {el:.1f} s")
+    completed = len(body_log_lines("/b/stalled"))
+    report("stalled-body", status == 408 and "REQ_TIMEOUT" in text and completed == 0 and BODYLOG is not None,
+           f"{status} after {el:.1f} s (body_read_timeout 3s); upstream saw {completed} complete requests")
 
 
 async def probe_malformed_chunk():
+    # To the body-reading upstream (/b), which is still reading when the framing error
+    # comes: keygate must answer the client's 400, never the upstream's 502. The last
+    # body is well-formed but its chunk extensions (20 KB) pass hyper's 16 KiB per-body
+    # limit.
     statuses = {}
     for body in [b"zz\r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX0\r\n\r\n", b"-1\r\nx\r\n0\r\n\r\n",
-                 b"ffffffffffffffffff\r\nx\r\n0\r\n\r\n", b"5;" + b"e" * 9000 + b"\r\nhello\r\n0\r\n\r\n"]:
-        status, _ = await request(
-            f"POST /a/x HTTP/1.1\r\nHost: gw\r\nAuthorization: ApiKey {KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode() + body)
-        statuses[status] = statuses.get(status, 0) + 1
-    report("malformed-chunked-bodies", all(s in (400, 408, 413) for s in statuses), f"statuses {statuses} (no 502)")
+                 b"ffffffffffffffffff\r\nx\r\n0\r\n\r\n",
+                 b"".join(b"1;" + b"e" * 4000 + b"\r\nx\r\n" for _ in range(5)) + b"0\r\n\r\n"]:
+        status, text = await request(
+            f"POST /b/chunked HTTP/1.1\r\nHost: gw\r\nAuthorization: ApiKey {KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode() + body)
+        key = f"{status} {'REQ_MALFORMED' if 'REQ_MALFORMED' in text else ''}".strip()
+        statuses[key] = statuses.get(key, 0) + 1
+    completed = len(body_log_lines("/b/chunked"))
+    report("malformed-chunked-bodies", set(statuses) == {"400 REQ_MALFORMED"} and completed == 0 and BODYLOG is not None,
+           f"5 bodies: {statuses}; upstream saw {completed} complete bodies")
 
 
 SMUGGLED = "/a/SMUGGLED"
@@ -245,14 +272,17 @@ def headers(path="/a/x"):
 
 
 async def h2_read_until_close(r, limit_s):
-    """Reads until EOF or limit; (bytes read, saw GOAWAY, closed)."""
+    """Reads until EOF, reset or limit; (bytes read, saw GOAWAY, closed). A TCP reset
+    (keygate closing with unread data in its buffer) counts as closed."""
     total, goaway, end = 0, False, time.monotonic() + limit_s
     buf = b""
     while time.monotonic() < end:
         try:
             data = await asyncio.wait_for(r.read(65536), max(0.01, end - time.monotonic()))
-        except (asyncio.TimeoutError, ConnectionError):
+        except asyncio.TimeoutError:
             return total, goaway, False
+        except ConnectionError:
+            return total, goaway, True
         if not data:
             return total, goaway, True
         total += len(data)
@@ -303,21 +333,26 @@ async def probe_continuation_flood():
     enc = hpack.Encoder()
     first = enc.encode(headers())
     w.write(frame(1, 0, 1, first))  # HEADERS without END_HEADERS
-    sent, t = 0, time.monotonic()
+    sent, t, how = 0, time.monotonic(), "all sent"
     block = enc.encode([("x-flood", "a" * 4000)])
     try:
         for _ in range(20000):  # ~80 MB of CONTINUATION if nobody stops us
+            if w.is_closing():
+                raise ConnectionResetError("closed by keygate")
             w.write(frame(9, 0, 1, block))
             sent += len(block)
-            if sent % (1 << 20) < len(block):
+            if sent % (1 << 16) < len(block):
                 await asyncio.wait_for(w.drain(), 5)
-    except (ConnectionError, asyncio.TimeoutError):
-        pass
+    except ConnectionError as e:
+        how = f"write failed: {type(e).__name__}"  # a reset is keygate closing: a pass
+    except asyncio.TimeoutError:
+        how = "writes blocked 5 s"
     _, goaway, closed = await h2_read_until_close(r, 3)
+    closed = closed or how.startswith("write failed")
     w.close()
     ok, _, _ = await legit_latencies(5)
     report("h2-continuation-flood", (goaway or closed) and ok == 5,
-           f"connection cut after {sent / 1e6:.1f} MB sent in {time.monotonic() - t:.1f} s (GOAWAY {goaway}); RSS {rss_mib():.0f} MiB; others {ok}/5 ok")
+           f"{sent / 1e6:.1f} MB sent in {time.monotonic() - t:.1f} s ({how}); GOAWAY {goaway}, closed {closed}; RSS {rss_mib():.0f} MiB; others {ok}/5 ok")
 
 
 async def probe_hpack_bomb():

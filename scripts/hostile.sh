@@ -5,9 +5,10 @@
 #   scripts/hostile.sh [SOAK_SECONDS]        (default 60; PROBES=a,b runs only some)
 #   SCHEMATHESIS_SECONDS=N                   (default 120; 0 skips it)
 #
-# Starts an nginx upstream (access log kept, to see what reached it), keygate with its
-# default limits (plus a short body_read_timeout so the stalled-body probe is quick)
-# and runs scripts/hostile.py: HTTP/1 smuggling variants, malformed chunked bodies,
+# Starts two upstreams — nginx (module `alpha`, /a; access log kept, to see what reached
+# it) and scripts/body_upstream.py (module `beta`, /b), which reads every body to its end
+# before answering, for the body probes — keygate with its default limits (plus a short
+# body_read_timeout so the stalled-body probe is quick) and runs scripts/hostile.py: HTTP/1 smuggling variants, malformed chunked bodies,
 # slowloris and slow POST from one address against the per-address limit, idle admin
 # connections vs /healthz, a stalled body, h2 rapid reset, CONTINUATION flood, HPACK
 # bomb, stream flood, and a soak at 256 connections with RSS sampled every 5 s; then
@@ -30,7 +31,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
 BIN=${KEYGATE_BIN:-./target/release/keygate}
 [ -n "${KEYGATE_BIN:-}" ] || cargo build --release --quiet
 work_dir keygate-hostile
-UP=$(free_port); KG=$(free_port); KGA=$(free_port)
+UP=$(free_port); BUP=$(free_port); KG=$(free_port); KGA=$(free_port)
 
 mkdir -p "$WORK/up"
 cat > "$WORK/up/nginx.conf" <<CONF
@@ -49,6 +50,7 @@ http {
 }
 CONF
 spawn "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
+spawn python3 scripts/body_upstream.py "$BUP" "$WORK/body-upstream.log"
 
 cat > "$WORK/keygate.toml" <<CONF
 [proxy]
@@ -63,15 +65,20 @@ path = "$WORK/keygate.redb"
 name = "alpha"
 prefixes = ["/a"]
 upstream = "http://127.0.0.1:$UP"
+[[modules]]
+name = "beta"
+prefixes = ["/b"]
+upstream = "http://127.0.0.1:$BUP"
 CONF
 start_keygate "$WORK/keygate.toml" "$BIN"
 ADMIN=$(cat "$WORK/admin.key")
 KEY=$(curl -sf "http://127.0.0.1:$KGA/v1/tokens" -H "Authorization: ApiKey $ADMIN" \
-  -d '{"name":"hostile","permissions":["alpha"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+  -d '{"name":"hostile","permissions":["alpha","beta"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 
 echo "# $BIN $("$BIN" --version | cut -d' ' -f2), $(nproc) cores, soak ${SOAK}s"
 fails=0
-python3 scripts/hostile.py "$KG" "$KGA" "$KEY" "$KGPID" "$WORK/up/access.log" "$SOAK" || fails=$?
+for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$BUP/" && break; sleep 0.1; done
+python3 scripts/hostile.py "$KG" "$KGA" "$KEY" "$KGPID" "$WORK/up/access.log" "$SOAK" "$WORK/body-upstream.log" || fails=$?
 
 if [ "$ST_SECS" != 0 ]; then
   # Positive and negative examples; a 5xx, a crash, an answer off the schema or a valid
