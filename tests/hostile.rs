@@ -46,16 +46,6 @@ fn error_code(raw_answer: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The value of one sample line of /metrics (0 when absent).
-async fn metric(gw: &TestGateway, line_start: &str) -> f64 {
-    let text = get(&gw.admin_url("/metrics"), None).await.text();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// A token's statistics totals (unflushed counts included).
 async fn token_totals(gw: &TestGateway, id: keygate::token::TokenId) -> serde_json::Value {
     let a = admin_call(

@@ -24,38 +24,20 @@ async fn gateway(extra: &str) -> (TestUpstream, TestGateway) {
     (up, spawn_gateway(&toml).await)
 }
 
-/// Creates a token through the admin API; returns (id, key, answer body).
-async fn create(gw: &TestGateway, key: &str, body: Value) -> (String, String, Value) {
-    let a = admin_call(gw, Method::POST, "/v1/tokens", Some(key), &body.to_string()).await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
-    let v = a.json();
-    (
-        v["id"].as_str().unwrap().to_string(),
-        v["api_key"].as_str().unwrap().to_string(),
-        v,
-    )
-}
-
 async fn call(gw: &TestGateway, method: Method, path: &str, key: &str) -> Answer {
     send(&client(), method, &gw.url(path), Some(key), Bytes::new()).await
 }
 
 async fn with_xff(gw: &TestGateway, key: &str, xff: &str) -> Answer {
-    let req = http::Request::get(gw.url("/public/v1/agreements"))
-        .header("authorization", format!("ApiKey {key}"))
-        .header("x-forwarded-for", xff)
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let res = client().request(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    use http_body_util::BodyExt;
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    send_with(
+        &client(),
+        Method::GET,
+        &gw.url("/public/v1/agreements"),
+        Some(key),
+        &[("x-forwarded-for", xff)],
+        Bytes::new(),
+    )
+    .await
 }
 
 /// Fires `n` concurrent GETs with `key` on `gws` (round robin); returns the answers.
@@ -80,20 +62,11 @@ fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-async fn metric(gw: &TestGateway, line: &str) -> u64 {
-    let m = get(&gw.admin_url("/metrics"), None).await.text();
-    m.lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn read_permissions_allow_only_get_head_options() {
     let (up, gw) = gateway("").await;
     let admin = gw.admin_key.clone();
-    let (_, key, v) = create(
+    let (_, key, v) = create_token(
         &gw,
         &admin,
         json!({"name": "r", "permissions": ["agreements:read", "billing"]}),
@@ -115,7 +88,7 @@ async fn read_permissions_allow_only_get_head_options() {
     let a = call(&gw, Method::DELETE, "/public/v1/billing/1", &key).await;
     assert_eq!(a.status, StatusCode::OK);
     // all:read covers every module, also with full permissions beside it.
-    let (_, key, _) = create(
+    let (_, key, _) = create_token(
         &gw,
         &admin,
         json!({"name": "ar", "permissions": ["all:read", "billing"]}),
@@ -139,14 +112,14 @@ async fn read_permissions_allow_only_get_head_options() {
             .status,
         200
     );
-    assert!(metric(&gw, "keygate_auth_failures_total{reason=\"forbidden\"}").await >= 7);
+    assert!(metric(&gw, "keygate_auth_failures_total{reason=\"forbidden\"}").await >= 7.0);
 }
 
 #[tokio::test]
 async fn allowed_ips_use_the_peer_and_ignore_a_spoofed_forwarded_for() {
     let (up, gw) = gateway("").await;
     let admin = gw.admin_key.clone();
-    let (_, outside, v) = create(
+    let (_, outside, v) = create_token(
         &gw,
         &admin,
         json!({"name": "ip", "permissions": ["agreements"], "allowed_ips": ["192.0.2.7", "10.0.0.0/8"]}),
@@ -165,7 +138,7 @@ async fn allowed_ips_use_the_peer_and_ignore_a_spoofed_forwarded_for() {
     let a = with_xff(&gw, &outside, "192.0.2.7").await;
     assert_eq!(a.code(), "IP_NOT_ALLOWED");
     assert_eq!(up.count(), 0);
-    let (_, inside, _) = create(
+    let (_, inside, _) = create_token(
         &gw,
         &admin,
         json!({"name": "lo", "permissions": ["agreements"], "allowed_ips": ["127.0.0.0/8"]}),
@@ -179,13 +152,13 @@ async fn allowed_ips_use_the_peer_and_ignore_a_spoofed_forwarded_for() {
     );
     assert_eq!(
         metric(&gw, "keygate_auth_failures_total{reason=\"ip\"}").await,
-        3
+        3.0
     );
 
     // Behind a trusted proxy (the test client on 127.0.0.1).
     let (_up, gw) = gateway("[proxy]\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n").await;
     let admin = gw.admin_key.clone();
-    let (_, key, _) = create(
+    let (_, key, _) = create_token(
         &gw,
         &admin,
         json!({"name": "ip", "permissions": ["agreements"], "allowed_ips": ["192.0.2.7"]}),
@@ -213,7 +186,7 @@ async fn allowed_ips_use_the_peer_and_ignore_a_spoofed_forwarded_for() {
 async fn exactly_n_of_a_2n_burst_then_n_again_after_per() {
     let (up, gw) = gateway("").await;
     let admin = gw.admin_key.clone();
-    let (id, key, v) = create(
+    let (id, key, v) = create_token(
         &gw,
         &admin,
         json!({"name": "rl", "permissions": ["agreements"],
@@ -276,10 +249,10 @@ async fn exactly_n_of_a_2n_burst_then_n_again_after_per() {
     assert!(ok, "429s are not counted as 4xx");
     assert_eq!(
         metric(&gw, "keygate_auth_failures_total{reason=\"rate_limited\"}").await,
-        16
+        16.0
     );
     // A token without limits gets no RateLimit headers.
-    let (_, plain, _) = create(
+    let (_, plain, _) = create_token(
         &gw,
         &admin,
         json!({"name": "p", "permissions": ["agreements"]}),
@@ -298,7 +271,7 @@ async fn quota_is_exact_all_or_nothing_and_survives_a_restart() {
     );
     let gw = spawn_gateway(&toml).await;
     let admin = gw.admin_key.clone();
-    let (id, key, v) = create(
+    let (id, key, v) = create_token(
         &gw,
         &admin,
         json!({"name": "q", "permissions": ["agreements"],
@@ -356,7 +329,7 @@ async fn quota_is_exact_all_or_nothing_and_survives_a_restart() {
             "keygate_auth_failures_total{reason=\"quota_exceeded\"}"
         )
         .await,
-        3
+        3.0
     );
 
     // A graceful restart keeps the count.
@@ -399,7 +372,7 @@ async fn quota_is_exact_all_or_nothing_and_survives_a_restart() {
 async fn read_only_admin_tokens_and_escalation_per_module() {
     let (_up, gw) = gateway("").await;
     let admin = gw.admin_key.clone();
-    let (_, reader, _) = create(
+    let (_, reader, _) = create_token(
         &gw,
         &admin,
         json!({"name": "ro", "permissions": ["integrations:read"]}),
@@ -414,7 +387,7 @@ async fn read_only_admin_tokens_and_escalation_per_module() {
         (StatusCode::FORBIDDEN, "PERM_DENIED")
     );
 
-    let (_, caller, _) = create(
+    let (_, caller, _) = create_token(
         &gw,
         &admin,
         json!({"name": "c", "permissions": ["integrations", "agreements:read", "billing"]}),
@@ -445,7 +418,7 @@ async fn read_only_admin_tokens_and_escalation_per_module() {
         assert_eq!(got, want, "{perms}");
     }
     // Changing a token needs at least its access in every module.
-    let (full_id, _, _) = create(
+    let (full_id, _, _) = create_token(
         &gw,
         &admin,
         json!({"name": "f", "permissions": ["agreements"]}),
@@ -460,7 +433,7 @@ async fn read_only_admin_tokens_and_escalation_per_module() {
     )
     .await;
     assert_eq!(a.code(), "PERM_ESCALATION");
-    let (read_id, _, _) = create(
+    let (read_id, _, _) = create_token(
         &gw,
         &admin,
         json!({"name": "r", "permissions": ["agreements:read"]}),
@@ -476,7 +449,7 @@ async fn read_only_admin_tokens_and_escalation_per_module() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     // all:read admits creating all:read, not all.
-    let (_, wide, _) = create(
+    let (_, wide, _) = create_token(
         &gw,
         &admin,
         json!({"name": "w", "permissions": ["all:read", "integrations"]}),
@@ -491,7 +464,7 @@ async fn read_only_admin_tokens_and_escalation_per_module() {
     );
 
     // An admin token's allowed_ips are checked against the TCP peer.
-    let (_, far, _) = create(
+    let (_, far, _) = create_token(
         &gw,
         &admin,
         json!({"name": "far", "permissions": ["integrations"], "allowed_ips": ["192.0.2.0/24"]}),
@@ -590,7 +563,7 @@ async fn extension_presets_fix_the_permissions() {
     let a = admin_call(&gw, Method::GET, "/v1/extensions", Some(&admin), "").await;
     assert_eq!(a.json()[0]["permissions"], Value::Null);
     assert_eq!(a.json()[1]["permissions"], json!(["agreements:read"]));
-    let (id, _, v) = create(&gw, &admin, json!({"name": "r", "extension": "reports"})).await;
+    let (id, _, v) = create_token(&gw, &admin, json!({"name": "r", "extension": "reports"})).await;
     assert_eq!(v["permissions"], json!(["agreements:read"]));
     let body = json!({"name": "r", "extension": "reports", "permissions": ["billing"]}).to_string();
     let a = admin_call(&gw, Method::POST, "/v1/tokens", Some(&admin), &body).await;
@@ -607,7 +580,7 @@ async fn extension_presets_fix_the_permissions() {
     .await;
     assert_eq!(a.code(), "VALIDATION");
     // A PATCH to the extension sets its preset.
-    let (other, _, _) = create(
+    let (other, _, _) = create_token(
         &gw,
         &admin,
         json!({"name": "c", "permissions": ["billing"]}),
@@ -656,7 +629,7 @@ async fn two_instances_share_limits(redis: &TestRedis, prefix: &str) {
     } else {
         a.admin_key.clone()
     };
-    let (_, key, _) = create(
+    let (_, key, _) = create_token(
         &a,
         &admin,
         json!({"name": "rl", "permissions": ["agreements"], "rate_limits": [{"requests": 10, "per": "1h"}]}),
@@ -665,7 +638,7 @@ async fn two_instances_share_limits(redis: &TestRedis, prefix: &str) {
     let answers = burst(&[&a, &b], &key, 20).await;
     assert_eq!(count(&answers, StatusCode::OK), 10);
     assert_eq!(count(&answers, StatusCode::TOO_MANY_REQUESTS), 10);
-    let (id, key, _) = create(
+    let (id, key, _) = create_token(
         &a,
         &admin,
         json!({"name": "q", "permissions": ["agreements"], "quota": {"requests": 7, "period": "month"}}),
@@ -745,7 +718,7 @@ async fn while_redis_is_down_an_instance_enforces_alone_and_counts_reconcile() {
     );
     let gw = spawn_gateway(&toml).await;
     let admin = gw.admin_key.clone();
-    let (id, key, _) = create(
+    let (id, key, _) = create_token(
         &gw,
         &admin,
         json!({"name": "q", "permissions": ["agreements"], "quota": {"requests": 5, "period": "day"}}),

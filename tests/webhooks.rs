@@ -194,10 +194,10 @@ async fn call(gw: &TestGateway, method: Method, path: &str, body: &str) -> Answe
     admin_call(gw, method, path, Some(&gw.admin_key), body).await
 }
 
+/// Creates a token with the bootstrap admin key; returns its id.
 async fn create(gw: &TestGateway, body: &str) -> String {
-    let a = call(gw, Method::POST, "/v1/tokens", body).await;
-    assert_eq!(a.status, 201, "{}", a.text());
-    a.json()["id"].as_str().unwrap().to_string()
+    let body = serde_json::from_str(body).expect("test body is JSON");
+    create_token(gw, &gw.admin_key, body).await.0
 }
 
 /// Verifies a delivery's signature with Python's hmac/hashlib/base64 (an implementation
@@ -222,7 +222,8 @@ sys.exit(0 if any(hmac.compare_digest(expected, s) for s in sig.split(" ")) else
     child.wait().unwrap().success()
 }
 
-fn metric(gw: &TestGateway, name_and_labels: &str) -> f64 {
+/// A sample of the gateway's metrics, read without HTTP (usable in sync closures).
+fn rendered_metric(gw: &TestGateway, name_and_labels: &str) -> f64 {
     let (text, _) = gw.shared.metrics.render();
     let text = String::from_utf8(text).unwrap();
     text.lines()
@@ -353,14 +354,14 @@ async fn every_change_is_delivered_signed_and_in_order() {
         ]
     );
     assert_eq!(
-        metric(
+        rendered_metric(
             &gw,
             "keygate_webhook_deliveries_total{result=\"ok\",webhook=\"some\"}"
         ),
         2.0
     );
     let pending_zero = eventually(WAIT, async || {
-        metric(&gw, "keygate_webhook_pending{webhook=\"all\"}") == 0.0
+        rendered_metric(&gw, "keygate_webhook_pending{webhook=\"all\"}") == 0.0
     })
     .await;
     assert!(pending_zero);
@@ -412,7 +413,7 @@ async fn retries_after_500s_keep_the_id_and_the_order() {
     // Each attempt is signed afresh (its own timestamp) and verifies.
     assert!(mine.iter().all(|g| python_verifies(g, &g.body)));
     assert_eq!(
-        metric(
+        rendered_metric(
             &gw,
             "keygate_webhook_deliveries_total{result=\"retry\",webhook=\"r\"}"
         ),
@@ -420,7 +421,7 @@ async fn retries_after_500s_keep_the_id_and_the_order() {
     );
     // Counted once the answer is back, a moment after the receiver recorded it.
     let ok = eventually(WAIT, async || {
-        metric(
+        rendered_metric(
             &gw,
             "keygate_webhook_deliveries_total{result=\"ok\",webhook=\"r\"}",
         ) == 3.0
@@ -456,7 +457,7 @@ async fn a_dead_receiver_blocks_nobody_and_its_events_are_dropped() {
     .await;
     // 21 events (20 + bootstrap), each dropped after ~1s of timeouts and retries.
     let dropped = eventually(WAIT, async || {
-        metric(
+        rendered_metric(
             &gw,
             "keygate_webhook_deliveries_total{result=\"dropped\",webhook=\"dead\"}",
         ) == 21.0
@@ -465,7 +466,7 @@ async fn a_dead_receiver_blocks_nobody_and_its_events_are_dropped() {
     assert!(
         dropped,
         "dropped: {}",
-        metric(
+        rendered_metric(
             &gw,
             "keygate_webhook_deliveries_total{result=\"dropped\",webhook=\"dead\"}"
         )
@@ -496,7 +497,7 @@ async fn pending_deliveries_survive_a_restart() {
         200
     );
     let retried = eventually(WAIT, async || {
-        metric(
+        rendered_metric(
             &gw,
             "keygate_webhook_deliveries_total{result=\"retry\",webhook=\"r\"}",
         ) >= 2.0

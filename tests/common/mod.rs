@@ -433,9 +433,24 @@ pub async fn send(
     key: Option<&str>,
     body: Bytes,
 ) -> Answer {
+    send_with(client, method, url, key, &[], body).await
+}
+
+/// [`send`] with extra request headers.
+pub async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
     let mut b = Request::builder().method(method).uri(url);
     if let Some(k) = key {
         b = b.header("authorization", format!("ApiKey {k}"));
+    }
+    for (name, value) in headers {
+        b = b.header(*name, *value);
     }
     let res = client
         .request(b.body(Full::new(body)).unwrap())
@@ -772,4 +787,29 @@ pub async fn admin_call(
         Bytes::from(body.to_string()),
     )
     .await
+}
+
+/// Creates a token through the admin API with `key`; asserts 201 and returns
+/// (id, api_key, answer body).
+pub async fn create_token(
+    gw: &TestGateway,
+    key: &str,
+    body: serde_json::Value,
+) -> (String, String, serde_json::Value) {
+    let a = admin_call(gw, Method::POST, "/v1/tokens", Some(key), &body.to_string()).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    let v = a.json();
+    let field = |name: &str| v[name].as_str().unwrap_or_default().to_string();
+    (field("id"), field("api_key"), v)
+}
+
+/// The value of the first sample line of the admin listener's `/metrics` that starts
+/// with `line_start` (0 when there is none).
+pub async fn metric(gw: &TestGateway, line_start: &str) -> f64 {
+    let text = get(&gw.admin_url("/metrics"), None).await.text();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
