@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cidr;
 pub mod config;
 pub mod duration;
 pub mod error;
@@ -18,6 +19,7 @@ mod gateway;
 mod headers;
 mod logging;
 pub mod metrics;
+pub mod permissions;
 pub mod policy;
 mod proxy;
 mod reload;

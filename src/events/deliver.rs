@@ -30,8 +30,8 @@ use jiff::Timestamp;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use super::config::{MAX_RETRY_INTERVAL, Webhook, WebhookSecret};
 use super::{payload, type_of};
+use crate::config::events::{MAX_RETRY_INTERVAL, Webhook, WebhookSecret};
 use crate::state::Shared;
 use crate::store::{Event, HookState, Store};
 use crate::tls::{self, Trust};

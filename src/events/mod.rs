@@ -9,8 +9,9 @@
 //! period), by a marker checked and set in the same store write, so instances sharing
 //! a store raise it once between them.
 
-pub mod config;
 pub mod deliver;
+
+pub use crate::config::events::{TYPES, glob_match};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,44 +24,6 @@ use crate::admin::tokens::{TokenView, rfc3339};
 use crate::state::Shared;
 use crate::store::{Event, EventWrite, Once, Store, StoreResult};
 use crate::token::{Token, TokenId};
-
-/// Every event type.
-pub const TYPES: [&str; 10] = [
-    "token.created",
-    "token.updated",
-    "token.disabled",
-    "token.enabled",
-    "token.rotated",
-    "token.renewed",
-    "token.deleted",
-    "token.expiring",
-    "token.expired",
-    "token.quota_exceeded",
-];
-
-/// Matches `s` against a glob where `*` stands for any run of characters (`token.*`,
-/// `*expir*`); everything else is literal.
-pub fn glob_match(glob: &str, s: &str) -> bool {
-    let (g, s) = (glob.as_bytes(), s.as_bytes());
-    let (mut gi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if gi < g.len() && g[gi] == b'*' {
-            star = Some((gi, si));
-            gi += 1;
-        } else if gi < g.len() && g[gi] == s[si] {
-            gi += 1;
-            si += 1;
-        } else if let Some((sg, ss)) = star {
-            gi = sg + 1;
-            si = ss + 1;
-            star = Some((sg, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    g[gi..].iter().all(|c| *c == b'*')
-}
 
 /// A random event id (hex).
 fn event_id() -> String {

@@ -19,13 +19,19 @@ use http::{HeaderMap, HeaderValue};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PERMISSION_ALL, parse_duration};
+use crate::duration::parse as parse_duration;
 use crate::error::ApiError;
 use crate::store::redis::RedisVerdict;
 use crate::store::{Store, StoreResult};
 use crate::token::TokenId;
 
 pub use limiter::{Admission, Limiters, Refusal};
+
+pub use crate::cidr::{Cidr, any_contains, canonical};
+pub use crate::permissions::{
+    Access, PERMISSION_ALL_READ, READ_SUFFIX, access, check_permission_list, holds_all,
+    is_read_method, split_permission,
+};
 
 /// Most rate limits on one token.
 pub const MAX_RATE_LIMITS: usize = 4;
@@ -39,219 +45,13 @@ pub const MIN_PER: Duration = Duration::from_secs(1);
 pub const MAX_PER: Duration = Duration::from_secs(86_400);
 /// Most entries of `allowed_ips`.
 pub const MAX_ALLOWED_IPS: usize = 64;
-/// The suffix of a read-only permission.
-pub const READ_SUFFIX: &str = ":read";
-/// `all:read`.
-pub const PERMISSION_ALL_READ: &str = "all:read";
 /// The header listing a token's rate limits (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 /// The header with the tightest limit's remaining requests.
 pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 // ---------------------------------------------------------------------------
-// Permissions: full ⊃ read ⊃ none, per module.
-
-/// What a token may do in one module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Access {
-    /// Nothing.
-    None,
-    /// GET, HEAD and OPTIONS.
-    Read,
-    /// Every method.
-    Full,
-}
-
-/// A permission string split into its module (or `all`) and whether it is `:read`.
-pub fn split_permission(p: &str) -> (&str, bool) {
-    match p.strip_suffix(READ_SUFFIX) {
-        Some(m) => (m, true),
-        None => (p, false),
-    }
-}
-
-/// The access `perms` give to module `module` (`all` and `all:read` included).
-pub fn access(perms: &[String], module: &str) -> Access {
-    let mut best = Access::None;
-    for p in perms {
-        let (m, read) = split_permission(p);
-        if m == PERMISSION_ALL || m == module {
-            best = best.max(if read { Access::Read } else { Access::Full });
-        }
-    }
-    best
-}
-
-/// Whether `holder` holds at least every permission in `wanted`, module by module
-/// (SPEC §4, §8): `all` needs `all`, `all:read` needs `all` or `all:read` (both also
-/// cover modules added later), a module needs at least the same access.
-pub fn holds_all(holder: &[String], wanted: &[String]) -> bool {
-    let has = |p: &str| holder.iter().any(|h| h == p);
-    wanted.iter().all(|p| {
-        let (m, read) = split_permission(p);
-        let need = if read { Access::Read } else { Access::Full };
-        if m == PERMISSION_ALL {
-            has(PERMISSION_ALL) || (read && has(PERMISSION_ALL_READ))
-        } else {
-            access(holder, m) >= need
-        }
-    })
-}
-
-/// Checks a permission list (SPEC §1, §8): module names of `modules` (or the admin
-/// module `integrations`), each once, in full or `:read` form; `all` alone; `all:read`
-/// possibly with full module permissions but no `:read` ones beside it.
-pub fn check_permission_list(p: &[String], modules: &[&str]) -> Result<(), String> {
-    if p.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if p.iter().any(|x| x == PERMISSION_ALL) && p.len() != 1 {
-        return Err("\"all\" must be the only entry".into());
-    }
-    let all_read = p.iter().any(|x| x == PERMISSION_ALL_READ);
-    for (i, name) in p.iter().enumerate() {
-        let (m, read) = split_permission(name);
-        if m != PERMISSION_ALL && m != crate::config::ADMIN_MODULE && !modules.contains(&m) {
-            return Err(format!(
-                "unknown module {:?} (see GET /v1/modules)",
-                short(name)
-            ));
-        }
-        if p[..i].iter().any(|x| split_permission(x).0 == m) {
-            return Err(format!("module {:?} is named twice", short(m)));
-        }
-        if read && all_read && m != PERMISSION_ALL {
-            return Err(format!(
-                "{:?} is redundant beside \"all:read\"",
-                short(name)
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `method` is allowed by a `:read` permission.
-pub fn is_read_method(method: &http::Method) -> bool {
-    matches!(
-        *method,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    )
-}
-
-// ---------------------------------------------------------------------------
 // IP allow-lists.
-
-/// An IPv4 or IPv6 network in CIDR form; host bits below the prefix are zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    /// Parses `"10.0.0.0/8"`, `"2001:db8::/32"` or a bare address (a /32 or /128).
-    /// Host bits set below the prefix (`"10.1.2.3/8"`) are refused.
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (a, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{:?} is not an IP address or CIDR block", short(s)))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = match len {
-            None => max,
-            Some(l) => match l.parse::<u8>() {
-                Ok(n) if n <= max && !l.starts_with('+') && (l == "0" || !l.starts_with('0')) => n,
-                _ => return Err(format!("{:?}: the prefix length must be 0-{max}", short(s))),
-            },
-        };
-        let c = Cidr { addr, len };
-        if c.network() != addr {
-            return Err(format!(
-                "{:?} has host bits set below /{len} (did you mean {}?)",
-                short(s),
-                Cidr {
-                    addr: c.network(),
-                    len
-                }
-            ));
-        }
-        Ok(c)
-    }
-
-    fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        }
-    }
-
-    /// Whether `ip` is inside (an IPv4-mapped IPv6 address counts as its IPv4 form).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(ip) & mask == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(ip) & mask == u128::from(net)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// An IPv4-mapped IPv6 address as IPv4 (a dual-stack listener reports those).
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        Cidr::parse(s)
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Cidr::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Whether any of `nets` contains `ip`.
-pub fn any_contains(nets: &[Cidr], ip: IpAddr) -> bool {
-    nets.iter().any(|n| n.contains(ip))
-}
 
 /// The client address (SPEC §8): the TCP peer, unless the peer is a trusted proxy;
 /// then `X-Forwarded-For` read right to left, skipping trusted addresses, and the first
@@ -706,78 +506,6 @@ mod tests {
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn cidrs_parse_show_and_match() {
-        let c = Cidr::parse("10.0.0.0/8").unwrap();
-        assert_eq!(c.to_string(), "10.0.0.0/8");
-        assert!(c.contains("10.200.1.1".parse().unwrap()));
-        assert!(c.contains("::ffff:10.1.1.1".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert_eq!(
-            Cidr::parse("192.0.2.7").unwrap().to_string(),
-            "192.0.2.7/32"
-        );
-        assert_eq!(
-            Cidr::parse("2001:db8::/32").unwrap().to_string(),
-            "2001:db8::/32"
-        );
-        assert_eq!(Cidr::parse("::1").unwrap().to_string(), "::1/128");
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("1.2.3.4".parse().unwrap())
-        );
-        for bad in [
-            "10.1.2.3/8",
-            "10.0.0.0/33",
-            "x",
-            "",
-            "10.0.0.0/",
-            "10.0.0.0/08",
-            "2001:db8::1/32",
-            "1.2.3.4/+8",
-        ] {
-            assert!(Cidr::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn access_and_escalation_per_module() {
-        let p = v(&["all:read", "billing"]);
-        assert_eq!(access(&p, "billing"), Access::Full);
-        assert_eq!(access(&p, "other"), Access::Read);
-        assert_eq!(access(&v(&["a:read"]), "a"), Access::Read);
-        assert_eq!(access(&v(&["a:read"]), "b"), Access::None);
-        assert!(holds_all(&v(&["all"]), &v(&["all:read", "x"])));
-        assert!(holds_all(&v(&["a"]), &v(&["a:read"])));
-        assert!(!holds_all(&v(&["a:read"]), &v(&["a"])));
-        assert!(holds_all(&v(&["all:read"]), &v(&["a:read", "all:read"])));
-        assert!(!holds_all(&v(&["all:read"]), &v(&["all"])));
-        assert!(!holds_all(&v(&["a", "b"]), &v(&["all:read"])));
-        assert!(!holds_all(&v(&["a:read"]), &v(&["all:read"])));
-    }
-
-    #[test]
-    fn permission_lists() {
-        let m = ["a", "b"];
-        let ok = |x: &[&str]| check_permission_list(&v(x), &m);
-        assert!(ok(&["a", "b:read"]).is_ok());
-        assert!(ok(&["all"]).is_ok());
-        assert!(ok(&["all:read", "b", "integrations"]).is_ok());
-        assert!(ok(&["integrations:read"]).is_ok());
-        assert!(ok(&[]).is_err());
-        assert!(ok(&["all", "a"]).unwrap_err().contains("only"));
-        assert!(ok(&["a", "a:read"]).unwrap_err().contains("twice"));
-        assert!(ok(&["all:read", "all:read"]).unwrap_err().contains("twice"));
-        assert!(
-            ok(&["all:read", "a:read"])
-                .unwrap_err()
-                .contains("redundant")
-        );
-        assert!(ok(&["c:read"]).unwrap_err().contains("unknown"));
-        assert!(ok(&["a:write"]).unwrap_err().contains("unknown"));
     }
 
     #[test]

@@ -52,6 +52,7 @@ use super::{
     BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, EventWrite, HookState, StoreError,
     StoreResult, has_active_admin,
 };
+use crate::config::{redis_cluster_nodes, redis_url_redacted};
 use crate::policy::{Period, Policy};
 use crate::token::{Token, TokenId};
 
@@ -404,60 +405,6 @@ async fn cluster_state(mut conn: ClusterConnection) -> StoreResult<()> {
     Ok(())
 }
 
-/// Splits `redis+cluster://[user:pass@]h1:p1,h2:p2` into one `redis://` URL per node.
-fn cluster_nodes(url: &str) -> StoreResult<Vec<String>> {
-    let rest = url
-        .strip_prefix("redis+cluster://")
-        .ok_or_else(|| unavailable("cluster URL must start with redis+cluster://"))?;
-    let (auth, hosts) = match rest.rsplit_once('@') {
-        Some((a, h)) => (format!("{a}@"), h),
-        None => (String::new(), rest),
-    };
-    let hosts = hosts.trim_end_matches('/');
-    let nodes: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(|h| format!("redis://{auth}{h}"))
-        .collect();
-    if nodes.is_empty() {
-        return Err(unavailable("redis+cluster:// URL names no node"));
-    }
-    Ok(nodes)
-}
-
-/// Checks that `url` (`redis://`, `rediss://` or `redis+cluster://h1:p1,…`) parses as
-/// the Redis client will read it, so `check-config` catches what `serve` would fail on.
-pub fn check_url(url: &str) -> Result<(), String> {
-    use redis::IntoConnectionInfo;
-    let nodes = if url.starts_with("redis+cluster://") {
-        cluster_nodes(url).map_err(|e| match e {
-            StoreError::Unavailable(m) | StoreError::Corrupt(m) => m,
-        })?
-    } else {
-        vec![url.to_string()]
-    };
-    for node in &nodes {
-        if let Err(e) = node.as_str().into_connection_info() {
-            return Err(format!(
-                "{} is not a valid Redis URL: {e}",
-                crate::error::shown(&redacted(node))
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The URL without its password, for error messages.
-fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_string(),
-        },
-        None => "<url>".to_string(),
-    }
-}
-
 impl RedisStore {
     /// Connects to `url` (`redis://`, `rediss://` or `redis+cluster://`). Keys start
     /// with `prefix`, which must not contain `{` or `}` (they would change the hash tags).
@@ -467,9 +414,9 @@ impl RedisStore {
                 "store.key_prefix must not contain '{' or '}' (they change Redis Cluster hash slots)",
             ));
         }
-        let shown = redacted(url);
+        let shown = redis_url_redacted(url);
         let (conn, pubsub_urls) = if url.starts_with("redis+cluster://") {
-            let nodes = cluster_nodes(url)?;
+            let nodes = redis_cluster_nodes(url).map_err(unavailable)?;
             let client = redis::cluster::ClusterClient::builder(nodes.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(OP_TIMEOUT)
@@ -1280,28 +1227,4 @@ fn decode(json: &str, last_used: Option<i64>) -> StoreResult<Token> {
         serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     t.last_used_at = last_used.and_then(|s| jiff::Timestamp::from_second(s).ok());
     Ok(t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_urls_split_per_node() {
-        assert_eq!(
-            cluster_nodes("redis+cluster://a:1,b:2").unwrap(),
-            vec!["redis://a:1", "redis://b:2"]
-        );
-        assert_eq!(
-            cluster_nodes("redis+cluster://u:p@a:1,b:2/").unwrap(),
-            vec!["redis://u:p@a:1", "redis://u:p@b:2"]
-        );
-        assert!(cluster_nodes("redis+cluster://").is_err());
-    }
-
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(redacted("redis://u:secret@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redacted("redis://h:1"), "redis://h:1");
-    }
 }

@@ -1,13 +1,12 @@
 //! `[events]` and `[[webhooks]]` (SPEC §9): the file structs and their conversion into
-//! the runtime settings, one function per section like the rest of `config`.
+//! the runtime settings, and the event types a webhook's globs may name.
 
 use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
 
-use super::{TYPES, glob_match};
-use crate::config::{ConfigError, parse_duration, valid_name};
+use super::{Check, ConfigError, valid_name};
 
 /// Remaining validity below which `token.expiring` is raised.
 pub const DEFAULT_EXPIRING_BEFORE: Duration = Duration::from_secs(7 * 86_400);
@@ -31,10 +30,48 @@ pub const SECRET_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 /// Webhooks a configuration may hold.
 pub const MAX_WEBHOOKS: usize = 64;
 
+/// Every event type.
+pub const TYPES: [&str; 10] = [
+    "token.created",
+    "token.updated",
+    "token.disabled",
+    "token.enabled",
+    "token.rotated",
+    "token.renewed",
+    "token.deleted",
+    "token.expiring",
+    "token.expired",
+    "token.quota_exceeded",
+];
+
+/// Matches `s` against a glob where `*` stands for any run of characters (`token.*`,
+/// `*expir*`); everything else is literal.
+pub fn glob_match(glob: &str, s: &str) -> bool {
+    let (g, s) = (glob.as_bytes(), s.as_bytes());
+    let (mut gi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if gi < g.len() && g[gi] == b'*' {
+            star = Some((gi, si));
+            gi += 1;
+        } else if gi < g.len() && g[gi] == s[si] {
+            gi += 1;
+            si += 1;
+        } else if let Some((sg, ss)) = star {
+            gi = sg + 1;
+            si = ss + 1;
+            star = Some((sg, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|c| *c == b'*')
+}
+
 /// `[events]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventsFile {
+pub(super) struct EventsFile {
     expiring_before: Option<String>,
     scan_interval: Option<String>,
     /// Not in SPEC: the first back-off interval (tests set it short).
@@ -44,7 +81,7 @@ pub struct EventsFile {
 /// One `[[webhooks]]` entry as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookFile {
+pub(super) struct WebhookFile {
     name: String,
     url: String,
     secret: String,
@@ -115,115 +152,83 @@ impl Webhook {
     }
 }
 
-fn dur(
-    file: &str,
-    key: &str,
-    v: Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let err = |reason: String| ConfigError {
-        file: file.to_string(),
-        key: key.to_string(),
-        reason,
-    };
-    let d = match v {
-        None => default,
-        Some(v) => parse_duration(&v).map_err(err)?,
-    };
-    if d.is_zero() {
-        return Err(err("must be greater than zero".into()));
-    }
-    Ok(d)
-}
-
 /// Converts `[events]`.
-pub fn events(f: EventsFile, file: &str) -> Result<EventsConfig, ConfigError> {
-    let scan_interval = dur(
-        file,
+pub(super) fn events(f: EventsFile, c: Check) -> Result<EventsConfig, ConfigError> {
+    let scan_interval = c.positive_duration(
         "events.scan_interval",
         f.scan_interval,
         DEFAULT_SCAN_INTERVAL,
     )?;
     if scan_interval < MIN_SCAN_INTERVAL {
-        return Err(ConfigError {
-            file: file.to_string(),
-            key: "events.scan_interval".into(),
-            reason: "must be at least 10ms".into(),
-        });
+        return Err(c.err("events.scan_interval", "must be at least 10ms"));
     }
     Ok(EventsConfig {
-        expiring_before: dur(
-            file,
+        expiring_before: c.positive_duration(
             "events.expiring_before",
             f.expiring_before,
             DEFAULT_EXPIRING_BEFORE,
         )?,
         scan_interval,
-        first_retry: dur(
-            file,
-            "events.first_retry",
-            f.first_retry,
-            DEFAULT_FIRST_RETRY,
-        )?
-        .min(MAX_RETRY_INTERVAL),
+        first_retry: c
+            .positive_duration("events.first_retry", f.first_retry, DEFAULT_FIRST_RETRY)?
+            .min(MAX_RETRY_INTERVAL),
     })
 }
 
 /// Converts the `[[webhooks]]` list.
-pub fn webhooks(list: Vec<WebhookFile>, file: &str) -> Result<Vec<Webhook>, ConfigError> {
+pub(super) fn webhooks(list: Vec<WebhookFile>, c: Check) -> Result<Vec<Webhook>, ConfigError> {
     if list.len() > MAX_WEBHOOKS {
-        return Err(ConfigError {
-            file: file.to_string(),
-            key: "webhooks".into(),
-            reason: format!("at most {MAX_WEBHOOKS} webhooks are supported"),
-        });
+        return Err(c.err(
+            "webhooks",
+            format!("at most {MAX_WEBHOOKS} webhooks are supported"),
+        ));
     }
     let mut out: Vec<Webhook> = Vec::with_capacity(list.len());
     for (i, w) in list.into_iter().enumerate() {
-        let key = |k: &str| format!("webhooks[{i}].{k}");
-        let err = |k: &str, reason: String| ConfigError {
-            file: file.to_string(),
-            key: key(k),
-            reason,
-        };
-        if !valid_name(&w.name) {
-            return Err(err(
-                "name",
-                format!("{:?} must be 1-64 of a-z, 0-9, '_' and '-'", w.name),
-            ));
-        }
-        if out.iter().any(|o| o.name == w.name) {
-            return Err(err("name", format!("{:?} is listed twice", w.name)));
-        }
-        let url = parse_url(&w.url).map_err(|e| err("url", e))?;
-        let secret = parse_secret(&w.secret).map_err(|e| err("secret", e))?;
-        let events = w.events.unwrap_or_else(|| vec!["*".into()]);
-        if events.is_empty() {
-            return Err(err("events", "must list at least one glob".into()));
-        }
-        for (j, g) in events.iter().enumerate() {
-            if !TYPES.iter().any(|t| glob_match(g, t)) {
-                return Err(err(
-                    &format!("events[{j}]"),
-                    format!("{g:?} matches no event type (known: {})", TYPES.join(", ")),
-                ));
-            }
-        }
-        let timeout = dur(file, &key("timeout"), w.timeout, DEFAULT_WEBHOOK_TIMEOUT)?;
-        if timeout > MAX_WEBHOOK_TIMEOUT {
-            return Err(err("timeout", "must be at most 5m".into()));
-        }
-        let retry_for = dur(file, &key("retry_for"), w.retry_for, DEFAULT_RETRY_FOR)?;
-        out.push(Webhook {
-            name: w.name,
-            url,
-            secret,
-            events,
-            timeout,
-            retry_for,
-        });
+        let hook = webhook(i, w, &out, c)?;
+        out.push(hook);
     }
     Ok(out)
+}
+
+/// Converts `webhooks[i]`; `before` holds the entries before it.
+fn webhook(i: usize, w: WebhookFile, before: &[Webhook], c: Check) -> Result<Webhook, ConfigError> {
+    let key = |k: &str| format!("webhooks[{i}].{k}");
+    if !valid_name(&w.name) {
+        return Err(c.err(
+            &key("name"),
+            format!("{:?} must be 1-64 of a-z, 0-9, '_' and '-'", w.name),
+        ));
+    }
+    if before.iter().any(|o| o.name == w.name) {
+        return Err(c.err(&key("name"), format!("{:?} is listed twice", w.name)));
+    }
+    let url = parse_url(&w.url).map_err(|e| c.err(&key("url"), e))?;
+    let secret = parse_secret(&w.secret).map_err(|e| c.err(&key("secret"), e))?;
+    let events = w.events.unwrap_or_else(|| vec!["*".into()]);
+    if events.is_empty() {
+        return Err(c.err(&key("events"), "must list at least one glob"));
+    }
+    for (j, g) in events.iter().enumerate() {
+        if !TYPES.iter().any(|t| glob_match(g, t)) {
+            return Err(c.err(
+                &key(&format!("events[{j}]")),
+                format!("{g:?} matches no event type (known: {})", TYPES.join(", ")),
+            ));
+        }
+    }
+    let timeout = c.positive_duration(&key("timeout"), w.timeout, DEFAULT_WEBHOOK_TIMEOUT)?;
+    if timeout > MAX_WEBHOOK_TIMEOUT {
+        return Err(c.err(&key("timeout"), "must be at most 5m"));
+    }
+    Ok(Webhook {
+        name: w.name,
+        url,
+        secret,
+        events,
+        timeout,
+        retry_for: c.positive_duration(&key("retry_for"), w.retry_for, DEFAULT_RETRY_FOR)?,
+    })
 }
 
 /// An `http(s)://` URL; plain `http://` only to a loopback host (the body is signed,
