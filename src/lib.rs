@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 mod gateway;
 mod headers;
+pub mod limits;
 mod logging;
 pub mod metrics;
 pub mod permissions;

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::policy::{Access, Cidr, Quota, RateLimit};
+use crate::cidr::Cidr;
+use crate::limits::{Quota, RateLimit};
+use crate::permissions::Access;
 
 /// Length of a secret in hex characters (160 bits).
 pub const SECRET_HEX_LEN: usize = 40;
@@ -305,7 +307,7 @@ impl Token {
 
     /// What the token may do in module `name` (`all`, `all:read` and `:read` forms).
     pub fn access(&self, name: &str) -> Access {
-        crate::policy::access(&self.permissions, name)
+        crate::permissions::access(&self.permissions, name)
     }
 }
 

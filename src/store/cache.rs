@@ -31,7 +31,8 @@ use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::Store;
 use crate::config::{Config, MAX_MODULES, PERMISSION_ALL};
-use crate::policy::{Access, Policy};
+use crate::limits::Policy;
+use crate::permissions::Access;
 use crate::token::{SecretHash, Token, TokenId};
 
 /// Unknown ids remembered at most; when full the negative cache is emptied
@@ -63,7 +64,7 @@ impl PermSet {
     pub fn from_names(names: &[String], config: &Config) -> PermSet {
         let mut set = PermSet::default();
         for n in names {
-            let (m, read) = crate::policy::split_permission(n);
+            let (m, read) = crate::permissions::split_permission(n);
             if m == PERMISSION_ALL {
                 if read {
                     set.all_read = true;

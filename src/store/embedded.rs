@@ -8,7 +8,7 @@ use super::{
     BATCH_ID_TTL, BatchId, Bootstrapped, ClassCounts, Event, EventWrite, HookState, StoreError,
     StoreResult, has_active_admin,
 };
-use crate::policy::Period;
+use crate::limits::Period;
 use crate::token::{Token, TokenId};
 
 /// id → token JSON.

@@ -53,7 +53,7 @@ use super::{
     StoreResult, has_active_admin,
 };
 use crate::config::{redis_cluster_nodes, redis_url_redacted};
-use crate::policy::{Period, Policy};
+use crate::limits::{Period, Policy};
 use crate::token::{Token, TokenId};
 
 /// Deadline of one store operation (connection set-up, command, answer).
