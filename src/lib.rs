@@ -275,14 +275,17 @@ impl Gateway {
             stopped(stop_rx.clone()),
         ));
         // Events: the expiry scanner and the webhook worker (crate::events).
+        let shared = Arc::clone(&self.shared);
+        let tasks = Arc::new(events::Tasks {
+            store: self.shared.store.clone(),
+            metrics: Arc::clone(&self.shared.metrics),
+            config: Box::new(move || shared.config()),
+        });
         let scanner = tokio::spawn(events::run_scanner(
-            Arc::clone(&self.shared),
+            Arc::clone(&tasks),
             stopped(stop_rx.clone()),
         ));
-        let webhooks = tokio::spawn(events::deliver::run(
-            Arc::clone(&self.shared),
-            stopped(stop_rx.clone()),
-        ));
+        let webhooks = tokio::spawn(events::deliver::run(tasks, stopped(stop_rx.clone())));
         let flushing = Arc::clone(&flusher);
         let flush_task = tokio::spawn(async move { flushing.run(flush_interval, stop_rx).await });
         shutdown.await;

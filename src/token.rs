@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cidr::Cidr;
-use crate::limits::{Quota, RateLimit};
+use crate::limits::{Quota, QuotaUsage, RateLimit};
 use crate::permissions::Access;
 
 /// Length of a secret in hex characters (160 bits).
@@ -345,6 +345,75 @@ impl<'a> Credential<'a> {
 impl fmt::Debug for Credential<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Credential({}:<redacted>)", self.id)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// How the API shows a token (admin answers, event payloads).
+
+/// RFC 3339 UTC with second precision (`2026-11-23T10:00:00Z`).
+pub fn rfc3339(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
+}
+
+fn rfc3339_opt(t: Option<Timestamp>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// A token as the API shows it: every field of SPEC §1, never the hash.
+#[derive(Serialize)]
+pub struct TokenView<'a> {
+    id: TokenId,
+    name: &'a str,
+    description: &'a str,
+    external_id: Option<&'a str>,
+    extension: &'a str,
+    permissions: &'a [String],
+    status: Status,
+    expires_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    created_by: Option<TokenId>,
+    last_used_at: Option<String>,
+    rate_limits: &'a [RateLimit],
+    quota: Option<Quota>,
+    quota_usage: Option<QuotaUsage>,
+    allowed_ips: &'a [Cidr],
+    /// `<id>:<secret>`, only in the answers to create and rotate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+}
+
+impl<'a> TokenView<'a> {
+    /// The view of `t` at `now`, with the secret when it has just been made.
+    pub fn new(t: &'a Token, now: Timestamp, secret: Option<&Secret>) -> TokenView<'a> {
+        TokenView {
+            id: t.id,
+            name: &t.name,
+            description: &t.description,
+            external_id: t.external_id.as_deref(),
+            extension: &t.extension,
+            permissions: &t.permissions,
+            status: t.status(now),
+            expires_at: rfc3339_opt(t.expires_at),
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+            created_by: t.created_by,
+            last_used_at: rfc3339_opt(t.last_used_at),
+            rate_limits: &t.rate_limits,
+            quota: t.quota,
+            quota_usage: None,
+            allowed_ips: &t.allowed_ips,
+            api_key: secret.map(|s| format!("{}:{}", t.id, s.expose())),
+        }
+    }
+
+    /// The view with `quota_usage` filled in.
+    pub fn with_quota_usage(mut self, usage: Option<QuotaUsage>) -> TokenView<'a> {
+        self.quota_usage = usage;
+        self
     }
 }
 

@@ -16,11 +16,11 @@ use crate::config::ADMIN_MODULE;
 use crate::duration;
 use crate::error::{ApiError, json_response};
 use crate::policy::{
-    Access, Cidr, Limiters, Quota, QuotaUsage, RateLimit, access, check_quota, check_rate_limits,
+    Access, Cidr, Limiters, Quota, RateLimit, access, check_quota, check_rate_limits,
     parse_allowed_ips,
 };
 use crate::store::Event;
-use crate::token::{PreviousSecret, Secret, Status, Token, TokenId};
+use crate::token::{PreviousSecret, Secret, Status, Token, TokenId, TokenView, rfc3339};
 use crate::tokens::{
     Expiry, NewToken, check_description, check_extension, check_external_id, check_name,
     check_permissions, renewed_expiry,
@@ -102,79 +102,19 @@ fn shorten(s: &str) -> String {
 // ---------------------------------------------------------------------------
 // JSON out.
 
-/// RFC 3339 UTC with second precision (`2026-11-23T10:00:00Z`).
-pub fn rfc3339(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second())
-        .unwrap_or(t)
-        .to_string()
-}
-
-fn rfc3339_opt(t: Option<Timestamp>) -> Option<String> {
-    t.map(rfc3339)
-}
-
-/// A token as the API shows it: every field of SPEC §1, never the hash.
-#[derive(Serialize)]
-pub struct TokenView<'a> {
-    id: TokenId,
-    name: &'a str,
-    description: &'a str,
-    external_id: Option<&'a str>,
-    extension: &'a str,
-    permissions: &'a [String],
-    status: Status,
-    expires_at: Option<String>,
-    created_at: String,
-    updated_at: String,
-    created_by: Option<TokenId>,
-    last_used_at: Option<String>,
-    rate_limits: &'a [RateLimit],
-    quota: Option<Quota>,
-    quota_usage: Option<QuotaUsage>,
-    allowed_ips: &'a [Cidr],
-    /// `<id>:<secret>`, only in the answers to create and rotate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    api_key: Option<String>,
-}
-
-impl<'a> TokenView<'a> {
-    /// The view of `t` at `now`, with the secret when it has just been made.
-    pub fn new(t: &'a Token, now: Timestamp, secret: Option<&Secret>) -> TokenView<'a> {
-        TokenView {
-            id: t.id,
-            name: &t.name,
-            description: &t.description,
-            external_id: t.external_id.as_deref(),
-            extension: &t.extension,
-            permissions: &t.permissions,
-            status: t.status(now),
-            expires_at: rfc3339_opt(t.expires_at),
-            created_at: rfc3339(t.created_at),
-            updated_at: rfc3339(t.updated_at),
-            created_by: t.created_by,
-            last_used_at: rfc3339_opt(t.last_used_at),
-            rate_limits: &t.rate_limits,
-            quota: t.quota,
-            quota_usage: None,
-            allowed_ips: &t.allowed_ips,
-            api_key: secret.map(|s| format!("{}:{}", t.id, s.expose())),
-        }
-    }
-
-    /// The view with `quota_usage` filled in (exact, SPEC §8).
-    pub async fn with_usage(
-        t: &'a Token,
-        now: Timestamp,
-        secret: Option<&Secret>,
-        limiters: &Limiters,
-        store: &crate::store::Store,
-    ) -> TokenView<'a> {
-        let mut v = TokenView::new(t, now, secret);
-        if let Some(q) = &t.quota {
-            v.quota_usage = Some(crate::policy::quota_usage(limiters, store, t.id, q, now).await);
-        }
-        v
-    }
+/// The view of `t` with `quota_usage` filled in (exact, SPEC §8).
+async fn view_with_usage<'a>(
+    t: &'a Token,
+    now: Timestamp,
+    secret: Option<&Secret>,
+    limiters: &Limiters,
+    store: &crate::store::Store,
+) -> TokenView<'a> {
+    let usage = match &t.quota {
+        Some(q) => Some(crate::policy::quota_usage(limiters, store, t.id, q, now).await),
+        None => None,
+    };
+    TokenView::new(t, now, secret).with_quota_usage(usage)
 }
 
 /// A token as the answer's body.
@@ -184,7 +124,7 @@ async fn answer(
     t: &Token,
     secret: Option<&Secret>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let v = TokenView::with_usage(t, ctx.now, secret, ctx.limiters, ctx.tokens.store()).await;
+    let v = view_with_usage(t, ctx.now, secret, ctx.limiters, ctx.tokens.store()).await;
     ok(status, &v)
 }
 
@@ -843,7 +783,7 @@ async fn list(ctx: &Ctx<'_>, query: Option<&str>) -> Result<Response<Full<Bytes>
     let mut page: Vec<TokenView> = Vec::with_capacity(q.limit.min(total));
     for t in all.iter().skip(q.offset).take(q.limit) {
         let store = ctx.tokens.store();
-        page.push(TokenView::with_usage(t, ctx.now, None, ctx.limiters, store).await);
+        page.push(view_with_usage(t, ctx.now, None, ctx.limiters, store).await);
     }
     let range = if page.is_empty() {
         format!("items */{total}")

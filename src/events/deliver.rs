@@ -30,9 +30,8 @@ use jiff::Timestamp;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use super::{payload, type_of};
+use super::{Tasks, payload, type_of};
 use crate::config::events::{MAX_RETRY_INTERVAL, Webhook, WebhookSecret};
-use crate::state::Shared;
 use crate::store::{Event, HookState, Store};
 use crate::tls::{self, Trust};
 use crate::token::TokenId;
@@ -98,7 +97,7 @@ pub fn backoff(first: Duration, attempts: u32) -> Duration {
 
 /// State of one worker (one per process).
 struct Worker {
-    shared: Arc<Shared>,
+    tasks: Arc<Tasks>,
     /// Names this process in leases.
     holder: String,
     client: HttpClient,
@@ -138,7 +137,7 @@ fn client() -> Result<HttpClient, String> {
 
 /// Runs the worker until `stop` resolves. Deliveries in flight are abandoned then (their
 /// cursor was not advanced, so they are sent again later, with the same `webhook-id`).
-pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+pub async fn run(tasks: Arc<Tasks>, stop: impl Future<Output = ()>) {
     let mut holder = [0u8; 12];
     let _ = getrandom::fill(&mut holder);
     let client = match client() {
@@ -149,7 +148,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
         }
     };
     let worker = Arc::new(Worker {
-        shared,
+        tasks,
         holder: hex::encode(holder),
         client,
         in_flight: Mutex::default(),
@@ -163,7 +162,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         worker.round(&tasks).await;
-        let written = worker.shared.store.events_written();
+        let written = worker.tasks.store.events_written();
         tokio::select! {
             _ = written.notified() => {}
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -177,7 +176,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     let pairs: Vec<(String, TokenId)> = lock(&worker.in_flight).drain().collect();
     for (w, id) in pairs {
         worker
-            .shared
+            .tasks
             .store
             .hook_release(id, &w, &worker.holder)
             .await;
@@ -198,7 +197,7 @@ impl Worker {
             return Some(*t);
         }
         match self
-            .shared
+            .tasks
             .store
             .webhook_since(name, Timestamp::now())
             .await
@@ -235,10 +234,10 @@ impl Worker {
             let mut set = lock(tasks);
             while set.try_join_next().is_some() {}
         }
-        let rt = self.shared.runtime.load_full();
-        let hooks: Vec<Arc<Webhook>> = rt.config.webhooks.iter().cloned().map(Arc::new).collect();
-        let first_retry = rt.config.events.first_retry;
-        drop(rt);
+        let config = (self.tasks.config)();
+        let hooks: Vec<Arc<Webhook>> = config.webhooks.iter().cloned().map(Arc::new).collect();
+        let first_retry = config.events.first_retry;
+        drop(config);
         let mut ready = Vec::with_capacity(hooks.len());
         for w in &hooks {
             if let Some(since) = self.since(&w.name).await {
@@ -246,7 +245,7 @@ impl Worker {
             }
         }
         let names: Vec<String> = hooks.iter().map(|w| w.name.clone()).collect();
-        let store = &self.shared.store;
+        let store = &self.tasks.store;
         let ids = match store.pending(MAX_PENDING_PER_ROUND).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -347,7 +346,7 @@ impl Worker {
                 }
             }
         }
-        let metrics = &self.shared.metrics;
+        let metrics = &self.tasks.metrics;
         let waiting = lock(&self.waiting);
         for name in &names {
             let sum: u64 = waiting.get(name).map_or(0, |m| m.values().sum());
@@ -359,7 +358,7 @@ impl Worker {
     }
 
     fn count(&self, w: &Webhook, result: &str) {
-        self.shared
+        self.tasks
             .metrics
             .webhook_deliveries
             .with_label_values(&[w.name.as_str(), result])
@@ -369,7 +368,7 @@ impl Worker {
     /// Delivers `id`'s events to `w` from its cursor, in order, until one fails or none
     /// are left.
     async fn deliver(&self, w: &Webhook, id: TokenId, since: Timestamp, first_retry: Duration) {
-        let store = &self.shared.store;
+        let store = &self.tasks.store;
         let ttl = w.timeout + LEASE_MARGIN;
         let mut st = match store.hook_lease(id, &w.name, &self.holder, ttl).await {
             Ok(Some(st)) => st,

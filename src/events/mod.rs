@@ -20,10 +20,22 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::admin::tokens::{TokenView, rfc3339};
-use crate::state::Shared;
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{Event, EventWrite, Once, Store, StoreResult};
-use crate::token::{Token, TokenId};
+use crate::token::{Token, TokenId, TokenView, rfc3339};
+
+/// What the expiry scanner and the webhook worker use: the store, the metrics, and the
+/// current configuration (read again every round, so a reload applies). They take these
+/// parts rather than the gateway's shared state, which is built on top of this module.
+pub struct Tasks {
+    /// The token store (events and delivery state live there too).
+    pub store: Store,
+    /// Where delivery counts go.
+    pub metrics: Arc<Metrics>,
+    /// The configuration of the current generation.
+    pub config: Box<dyn Fn() -> Arc<Config> + Send + Sync>,
+}
 
 /// A random event id (hex).
 fn event_id() -> String {
@@ -150,13 +162,13 @@ pub async fn scan(
 }
 
 /// Scans every `[events] scan_interval` (read again after a reload) until `stop`.
-pub async fn run_scanner(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+pub async fn run_scanner(tasks: Arc<Tasks>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut raised = Raised::new();
     loop {
-        let events = shared.runtime.load().config.events.clone();
+        let events = (tasks.config)().events.clone();
         let now = Timestamp::now();
-        match scan(&shared.store, events.expiring_before, now, &mut raised).await {
+        match scan(&tasks.store, events.expiring_before, now, &mut raised).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(events = n, "raised expiry events"),
             Err(e) => tracing::warn!(error = %e, "expiry scan failed; trying again next interval"),
