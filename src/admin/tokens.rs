@@ -429,134 +429,194 @@ struct PatchBody {
 }
 
 async fn edit(ctx: &Ctx<'_>, id: TokenId, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
-    let b: PatchBody = parse_json(body)?;
-    let config = &ctx.rt.config;
-    let name = not_null(b.name, "name")?;
-    if let Some(n) = &name {
-        check_name(n)?;
-    }
-    // `description: null` empties it; `external_id: null` clears it.
-    let description = b.description.map(Option::unwrap_or_default);
-    if let Some(d) = &description {
-        check_description(d)?;
-    }
-    if let Some(Some(e)) = &b.external_id {
-        check_external_id(e)?;
-    }
-    let extension = not_null(b.extension, "extension")?;
-    if let Some(e) = &extension {
-        check_extension(e, config)?;
-    }
-    let permissions = not_null(b.permissions, "permissions")?;
-    if let Some(p) = &permissions {
-        check_permissions(p, config)?;
-        may_grant(&ctx.caller.token, p)?;
-        // A token editing itself must keep its admin access (SPEC §4 forbids disabling
-        // or deleting oneself; dropping one's own admin permission locks out as well).
-        if id == ctx.caller.token.id && access(p, ADMIN_MODULE) == Access::None {
-            return Err(ApiError::SelfLockout("remove the admin permission from"));
-        }
-    }
-    // `null` and `[]` clear a policy.
-    let rate_limits = b.rate_limits.map(Option::unwrap_or_default);
-    let quota = b.quota;
-    let ips = b.allowed_ips.map(Option::unwrap_or_default);
-    let allowed_ips = check_policies(
-        rate_limits.as_deref(),
-        quota.as_ref().and_then(Option::as_ref),
-        ips.as_deref(),
-    )?;
-    let expires = match expiry(b.expires_at, b.expires_in)? {
-        Some(e) => Some(e.resolve(ctx.now, e.field())?),
-        None => None,
-    };
-
-    let mut changed: Vec<&str> = Vec::new();
+    let patch = Patch::check(ctx, id, parse_json(body)?)?;
+    let mut changed: Vec<&'static str> = Vec::new();
     let actor = Some(ctx.caller.token.id);
     let token = ctx
         .tokens
-        .change(id, actor, "updated", config, ctx.now, |t| {
+        .change(id, actor, "updated", &ctx.rt.config, ctx.now, |t| {
             may_change(&ctx.caller.token, t)?;
             changed.clear();
-            if let Some(n) = &name
-                && *n != t.name
-            {
-                t.name = n.clone();
-                changed.push("name");
-            }
-            if let Some(d) = &description
-                && *d != t.description
-            {
-                t.description = d.clone();
-                changed.push("description");
-            }
-            if let Some(e) = &b.external_id
-                && *e != t.external_id
-            {
-                t.external_id = e.clone();
-                changed.push("external_id");
-            }
-            // Presets (SPEC §8): a token of an extension that fixes permissions has
-            // exactly those; a PATCH to that extension sets them.
-            let ext = extension.as_deref().unwrap_or(&t.extension);
-            let mut new_perms = permissions.clone();
-            if let Some(p) = preset(config, ext) {
-                match &new_perms {
-                    Some(given) if !same_permissions(p, given) => {
-                        return Err(preset_mismatch(ext, p));
-                    }
-                    Some(_) => {}
-                    None if extension.as_deref().is_some_and(|e| *e != t.extension) => {
-                        may_grant(&ctx.caller.token, p)?;
-                        new_perms = Some(p.clone());
-                    }
-                    None => {}
-                }
-            }
-            if let Some(e) = &extension
-                && *e != t.extension
-            {
-                t.extension = e.clone();
-                changed.push("extension");
-            }
-            if let Some(p) = new_perms
-                && p != t.permissions
-            {
-                if id == ctx.caller.token.id && access(&p, ADMIN_MODULE) == Access::None {
-                    return Err(ApiError::SelfLockout("remove the admin permission from"));
-                }
-                t.permissions = p;
-                changed.push("permissions");
-            }
-            if let Some(l) = &rate_limits
-                && *l != t.rate_limits
-            {
-                t.rate_limits = l.clone();
-                changed.push("rate_limits");
-            }
-            if let Some(q) = quota
-                && q != t.quota
-            {
-                t.quota = q;
-                changed.push("quota");
-            }
-            if let Some(a) = &allowed_ips
-                && *a != t.allowed_ips
-            {
-                t.allowed_ips = a.clone();
-                changed.push("allowed_ips");
-            }
-            if let Some((at, validity)) = expires {
-                if at != t.expires_at {
-                    changed.push("expires_at");
-                }
-                t.expires_at = at;
-                t.validity_secs = validity;
-            }
+            patch.apply_texts(t, &mut changed);
+            patch.apply_permissions(ctx, id, t, &mut changed)?;
+            patch.apply_policies(t, &mut changed);
             Ok(names(&changed))
         })
         .await?;
     answer(ctx, StatusCode::OK, &token, None).await
+}
+
+/// A PATCH body checked on its own: each field that is present, ready to set.
+struct Patch {
+    name: Option<String>,
+    /// `description: null` empties it.
+    description: Option<String>,
+    /// `external_id: null` clears it.
+    external_id: Option<Option<String>>,
+    extension: Option<String>,
+    permissions: Option<Vec<String>>,
+    /// `null` and `[]` clear a policy.
+    rate_limits: Option<Vec<RateLimit>>,
+    quota: Option<Option<Quota>>,
+    allowed_ips: Option<Vec<Cidr>>,
+    /// The new expiry and validity (`None`: perpetual).
+    expires: Option<(Option<Timestamp>, Option<i64>)>,
+}
+
+impl Patch {
+    /// Checks every field of `b` that does not depend on the token's current state.
+    fn check(ctx: &Ctx<'_>, id: TokenId, b: PatchBody) -> Result<Patch, ApiError> {
+        let config = &ctx.rt.config;
+        let name = not_null(b.name, "name")?;
+        if let Some(n) = &name {
+            check_name(n)?;
+        }
+        let description = b.description.map(Option::unwrap_or_default);
+        if let Some(d) = &description {
+            check_description(d)?;
+        }
+        if let Some(Some(e)) = &b.external_id {
+            check_external_id(e)?;
+        }
+        let extension = not_null(b.extension, "extension")?;
+        if let Some(e) = &extension {
+            check_extension(e, config)?;
+        }
+        let permissions = not_null(b.permissions, "permissions")?;
+        if let Some(p) = &permissions {
+            check_permissions(p, config)?;
+            may_grant(&ctx.caller.token, p)?;
+            keeps_admin_access(ctx, id, p)?;
+        }
+        let rate_limits = b.rate_limits.map(Option::unwrap_or_default);
+        let ips = b.allowed_ips.map(Option::unwrap_or_default);
+        let allowed_ips = check_policies(
+            rate_limits.as_deref(),
+            b.quota.as_ref().and_then(Option::as_ref),
+            ips.as_deref(),
+        )?;
+        let expires = match expiry(b.expires_at, b.expires_in)? {
+            Some(e) => Some(e.resolve(ctx.now, e.field())?),
+            None => None,
+        };
+        Ok(Patch {
+            name,
+            description,
+            external_id: b.external_id,
+            extension,
+            permissions,
+            rate_limits,
+            quota: b.quota,
+            allowed_ips,
+            expires,
+        })
+    }
+
+    /// Sets the extension and the permissions of `t`. Presets (SPEC §8): a token of an
+    /// extension that fixes permissions has exactly those; a PATCH to that extension
+    /// sets them.
+    fn apply_permissions(
+        &self,
+        ctx: &Ctx<'_>,
+        id: TokenId,
+        t: &mut Token,
+        changed: &mut Vec<&'static str>,
+    ) -> Result<(), ApiError> {
+        let ext = self.extension.as_deref().unwrap_or(&t.extension);
+        let mut new_perms = self.permissions.clone();
+        if let Some(p) = preset(&ctx.rt.config, ext) {
+            match &new_perms {
+                Some(given) if !same_permissions(p, given) => {
+                    return Err(preset_mismatch(ext, p));
+                }
+                Some(_) => {}
+                None if self.extension.as_deref().is_some_and(|e| *e != t.extension) => {
+                    may_grant(&ctx.caller.token, p)?;
+                    new_perms = Some(p.clone());
+                }
+                None => {}
+            }
+        }
+        if let Some(e) = &self.extension
+            && *e != t.extension
+        {
+            t.extension = e.clone();
+            changed.push("extension");
+        }
+        if let Some(p) = new_perms
+            && p != t.permissions
+        {
+            keeps_admin_access(ctx, id, &p)?;
+            t.permissions = p;
+            changed.push("permissions");
+        }
+        Ok(())
+    }
+
+    /// Sets the name, description and external id, where given and different.
+    fn apply_texts(&self, t: &mut Token, changed: &mut Vec<&'static str>) {
+        set(&mut t.name, &self.name, "name", changed);
+        set(
+            &mut t.description,
+            &self.description,
+            "description",
+            changed,
+        );
+        set(
+            &mut t.external_id,
+            &self.external_id,
+            "external_id",
+            changed,
+        );
+    }
+
+    /// Sets the policies and the expiry, where given and different.
+    fn apply_policies(&self, t: &mut Token, changed: &mut Vec<&'static str>) {
+        set(
+            &mut t.rate_limits,
+            &self.rate_limits,
+            "rate_limits",
+            changed,
+        );
+        set(&mut t.quota, &self.quota, "quota", changed);
+        set(
+            &mut t.allowed_ips,
+            &self.allowed_ips,
+            "allowed_ips",
+            changed,
+        );
+        if let Some((at, validity)) = self.expires {
+            if at != t.expires_at {
+                changed.push("expires_at");
+            }
+            t.expires_at = at;
+            t.validity_secs = validity;
+        }
+    }
+}
+
+/// Sets `field` to `new` when given and different, noting `name` as changed.
+fn set<T: Clone + PartialEq>(
+    field: &mut T,
+    new: &Option<T>,
+    name: &'static str,
+    changed: &mut Vec<&'static str>,
+) {
+    if let Some(v) = new
+        && v != field
+    {
+        *field = v.clone();
+        changed.push(name);
+    }
+}
+
+/// A token editing itself must keep its admin access (SPEC §4 forbids disabling or
+/// deleting oneself; dropping one's own admin permission locks out as well).
+fn keeps_admin_access(ctx: &Ctx<'_>, id: TokenId, permissions: &[String]) -> Result<(), ApiError> {
+    if id == ctx.caller.token.id && access(permissions, ADMIN_MODULE) == Access::None {
+        return Err(ApiError::SelfLockout("remove the admin permission from"));
+    }
+    Ok(())
 }
 
 async fn set_disabled(

@@ -29,10 +29,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jiff::Timestamp;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::{Tasks, payload, type_of};
 use crate::config::events::{MAX_RETRY_INTERVAL, Webhook, WebhookSecret};
-use crate::store::{Event, HookState, Store};
+use crate::store::{Event, HookState, Store, StoreResult};
 use crate::tls::{self, Trust};
 use crate::token::TokenId;
 
@@ -158,7 +159,7 @@ pub async fn run(tasks: Arc<Tasks>, stop: impl Future<Output = ()>) {
         quiet: Mutex::default(),
         slots: Mutex::default(),
     });
-    let tasks = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
+    let tasks = Arc::new(Mutex::new(JoinSet::new()));
     tokio::pin!(stop);
     loop {
         worker.round(&tasks).await;
@@ -191,17 +192,51 @@ fn now_ms() -> i64 {
     Timestamp::now().as_millisecond()
 }
 
+/// What one round found of a pending token: its event count, and the round's clock and
+/// back-off setting.
+struct Due {
+    id: TokenId,
+    /// Events the token has (the next one's index).
+    n: u64,
+    /// The round's time (Unix ms).
+    now: i64,
+    first_retry: Duration,
+}
+
+/// One (webhook, token) pair's delivery lease, held by this process.
+struct Lease<'a> {
+    store: &'a Store,
+    w: &'a Webhook,
+    id: TokenId,
+    holder: &'a str,
+    ttl: Duration,
+}
+
+impl Lease<'_> {
+    /// Saves the delivery state under the lease; `false` when it could not be (lost
+    /// lease, store error): the caller stops, and the pair is looked at again later.
+    async fn save(&self, st: HookState) -> bool {
+        let (id, w) = (self.id, &self.w.name);
+        match self.store.hook_save(id, w, self.holder, self.ttl, st).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(token = %id, webhook = %w, "lost the delivery lease");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(token = %id, webhook = %w, error = %e, "cannot save the delivery state");
+                false
+            }
+        }
+    }
+}
+
 impl Worker {
     async fn since(&self, name: &str) -> Option<Timestamp> {
         if let Some(t) = lock(&self.since).get(name) {
             return Some(*t);
         }
-        match self
-            .tasks
-            .store
-            .webhook_since(name, Timestamp::now())
-            .await
-        {
+        match self.tasks.store.webhook_since(name, Timestamp::now()).await {
             Ok(t) => {
                 lock(&self.since).insert(name.to_string(), t);
                 Some(t)
@@ -227,8 +262,9 @@ impl Worker {
             || lock(&self.not_before).get(&key).is_some_and(|t| *t > now)
     }
 
-    /// One look at the pending index.
-    async fn round(self: &Arc<Self>, tasks: &Arc<Mutex<tokio::task::JoinSet<()>>>) {
+    /// One look at the pending index: starts a delivery for every (webhook, token) pair
+    /// with events due, and settles the tokens every webhook has caught up with.
+    async fn round(self: &Arc<Self>, tasks: &Arc<Mutex<JoinSet<()>>>) {
         // Reap finished tasks.
         {
             let mut set = lock(tasks);
@@ -238,12 +274,9 @@ impl Worker {
         let hooks: Vec<Arc<Webhook>> = config.webhooks.iter().cloned().map(Arc::new).collect();
         let first_retry = config.events.first_retry;
         drop(config);
-        let mut ready = Vec::with_capacity(hooks.len());
-        for w in &hooks {
-            if let Some(since) = self.since(&w.name).await {
-                ready.push((Arc::clone(w), since));
-            }
-        }
+        let ready = self.ready(&hooks).await;
+        // A token is settled only when every webhook's start time is known.
+        let all_ready = ready.len() == hooks.len();
         let names: Vec<String> = hooks.iter().map(|w| w.name.clone()).collect();
         let store = &self.tasks.store;
         let ids = match store.pending(MAX_PENDING_PER_ROUND).await {
@@ -254,30 +287,7 @@ impl Worker {
             }
         };
         let now = now_ms();
-        let grace_ms = SETTLE_GRACE.as_millis() as i64;
-        lock(&self.quiet).retain(|id, _| ids.iter().any(|(i, _)| i == id));
-        let mut to_read = Vec::new();
-        for (id, mark) in ids {
-            if lock(&self.quiet).get(&id) == Some(&mark) {
-                if now.saturating_sub(mark) < grace_ms {
-                    continue;
-                }
-                // Old enough now; settle re-checks that it is still caught up.
-                lock(&self.quiet).remove(&id);
-                if ready.len() == hooks.len()
-                    && let Ok(true) = store.settle(id, &names, SETTLE_GRACE).await
-                {
-                    for m in lock(&self.waiting).values_mut() {
-                        m.remove(&id);
-                    }
-                }
-                continue;
-            }
-            if !names.is_empty() && names.iter().all(|w| self.busy(w, id, now)) {
-                continue;
-            }
-            to_read.push((id, mark));
-        }
+        let to_read = self.to_read(ids, &names, all_ready, now).await;
         // The states, read concurrently (one round trip each on Redis).
         let read: Vec<_> = futures_util::stream::iter(to_read)
             .map(|(id, mark)| async move { (id, mark, store.hook_status(id).await) })
@@ -292,63 +302,147 @@ impl Worker {
                     continue;
                 }
             };
-            let mut caught_up = true;
-            for (w, since) in &ready {
-                let st = states
-                    .iter()
-                    .find(|(k, _)| *k == w.name)
-                    .map(|(_, s)| *s)
-                    .unwrap_or_default();
-                let left = n.saturating_sub(st.cursor);
-                lock(&self.waiting)
-                    .entry(w.name.clone())
-                    .or_default()
-                    .insert(id, left);
-                if left == 0 {
-                    continue;
-                }
-                caught_up = false;
-                let key = (w.name.clone(), id);
-                if st.next_at_ms > now {
-                    lock(&self.not_before).insert(key, st.next_at_ms);
-                    continue;
-                }
-                if lock(&self.in_flight).contains(&key) {
-                    continue;
-                }
-                let Ok(permit) = self.slots(&w.name).try_acquire_owned() else {
-                    continue;
-                };
-                lock(&self.not_before).remove(&key);
-                lock(&self.in_flight).insert(key.clone());
-                let (me, w, since) = (Arc::clone(self), Arc::clone(w), *since);
-                lock(tasks).spawn(async move {
-                    me.deliver(&w, id, since, first_retry).await;
-                    lock(&me.in_flight).remove(&key);
-                    drop(permit);
-                });
-            }
-            // On Redis a mark younger than the grace period cannot be settled yet.
-            let settleable = mark == 0 || now.saturating_sub(mark) >= grace_ms;
-            if caught_up && ready.len() == hooks.len() && !settleable {
-                if mark > 0 && now.saturating_sub(mark) >= RECENT_MARK_MS {
-                    lock(&self.quiet).insert(id, mark);
-                }
-            } else if caught_up && ready.len() == hooks.len() {
-                match store.settle(id, &names, SETTLE_GRACE).await {
-                    Ok(true) => {
-                        for m in lock(&self.waiting).values_mut() {
-                            m.remove(&id);
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!(token = %id, error = %e, "cannot settle"),
-                }
+            let due = Due {
+                id,
+                n,
+                now,
+                first_retry,
+            };
+            let caught_up = self.start_deliveries(tasks, &due, &states, &ready);
+            if caught_up && all_ready {
+                self.settle_caught_up(id, mark, &names, now).await;
             }
         }
+        self.report_pending(&names);
+    }
+
+    /// The webhooks whose start time is known, with it.
+    async fn ready(&self, hooks: &[Arc<Webhook>]) -> Vec<(Arc<Webhook>, Timestamp)> {
+        let mut ready = Vec::with_capacity(hooks.len());
+        for w in hooks {
+            if let Some(since) = self.since(&w.name).await {
+                ready.push((Arc::clone(w), since));
+            }
+        }
+        ready
+    }
+
+    /// The pending tokens whose state is worth reading: neither resting nor busy at
+    /// every webhook. A resting token whose mark has grown old enough is settled here.
+    async fn to_read(
+        &self,
+        ids: Vec<(TokenId, i64)>,
+        names: &[String],
+        all_ready: bool,
+        now: i64,
+    ) -> Vec<(TokenId, i64)> {
+        let grace_ms = SETTLE_GRACE.as_millis() as i64;
+        lock(&self.quiet).retain(|id, _| ids.iter().any(|(i, _)| i == id));
+        let mut to_read = Vec::new();
+        for (id, mark) in ids {
+            if lock(&self.quiet).get(&id) == Some(&mark) {
+                if now.saturating_sub(mark) < grace_ms {
+                    continue;
+                }
+                // Old enough now; settle re-checks that it is still caught up.
+                lock(&self.quiet).remove(&id);
+                if all_ready {
+                    let _ = self.settle(id, names).await;
+                }
+                continue;
+            }
+            if !names.is_empty() && names.iter().all(|w| self.busy(w, id, now)) {
+                continue;
+            }
+            to_read.push((id, mark));
+        }
+        to_read
+    }
+
+    /// Starts a delivery task for each ready webhook that has events of `due.id` due and
+    /// none running; returns whether every ready webhook has caught up with them.
+    fn start_deliveries(
+        self: &Arc<Self>,
+        tasks: &Arc<Mutex<JoinSet<()>>>,
+        due: &Due,
+        states: &[(String, HookState)],
+        ready: &[(Arc<Webhook>, Timestamp)],
+    ) -> bool {
+        let id = due.id;
+        let mut caught_up = true;
+        for (w, since) in ready {
+            let st = states
+                .iter()
+                .find(|(k, _)| *k == w.name)
+                .map(|(_, s)| *s)
+                .unwrap_or_default();
+            let left = due.n.saturating_sub(st.cursor);
+            lock(&self.waiting)
+                .entry(w.name.clone())
+                .or_default()
+                .insert(id, left);
+            if left == 0 {
+                continue;
+            }
+            caught_up = false;
+            let key = (w.name.clone(), id);
+            if st.next_at_ms > due.now {
+                lock(&self.not_before).insert(key, st.next_at_ms);
+                continue;
+            }
+            if lock(&self.in_flight).contains(&key) {
+                continue;
+            }
+            let Ok(permit) = self.slots(&w.name).try_acquire_owned() else {
+                continue;
+            };
+            lock(&self.not_before).remove(&key);
+            lock(&self.in_flight).insert(key.clone());
+            let (me, w, since, first_retry) =
+                (Arc::clone(self), Arc::clone(w), *since, due.first_retry);
+            lock(tasks).spawn(async move {
+                me.deliver(&w, id, since, first_retry).await;
+                lock(&me.in_flight).remove(&key);
+                drop(permit);
+            });
+        }
+        caught_up
+    }
+
+    /// A token every webhook has caught up with leaves the pending index — unless its
+    /// mark is younger than the grace period (Redis: its writer's script may still
+    /// run); then it rests once the mark is no longer recent.
+    async fn settle_caught_up(&self, id: TokenId, mark: i64, names: &[String], now: i64) {
+        let age = now.saturating_sub(mark);
+        let settleable = mark == 0 || age >= SETTLE_GRACE.as_millis() as i64;
+        if !settleable {
+            if mark > 0 && age >= RECENT_MARK_MS {
+                lock(&self.quiet).insert(id, mark);
+            }
+            return;
+        }
+        if let Err(e) = self.settle(id, names).await {
+            tracing::debug!(token = %id, error = %e, "cannot settle");
+        }
+    }
+
+    /// Takes `id` off the pending index if it is still caught up; forgets its waiting
+    /// counts when it was.
+    async fn settle(&self, id: TokenId, names: &[String]) -> StoreResult<bool> {
+        let settled = self.tasks.store.settle(id, names, SETTLE_GRACE).await?;
+        if settled {
+            for m in lock(&self.waiting).values_mut() {
+                m.remove(&id);
+            }
+        }
+        Ok(settled)
+    }
+
+    /// `keygate_webhook_pending`: events waiting per webhook, as last seen.
+    fn report_pending(&self, names: &[String]) {
         let metrics = &self.tasks.metrics;
         let waiting = lock(&self.waiting);
-        for name in &names {
+        for name in names {
             let sum: u64 = waiting.get(name).map_or(0, |m| m.values().sum());
             metrics
                 .webhook_pending
@@ -368,9 +462,18 @@ impl Worker {
     /// Delivers `id`'s events to `w` from its cursor, in order, until one fails or none
     /// are left.
     async fn deliver(&self, w: &Webhook, id: TokenId, since: Timestamp, first_retry: Duration) {
-        let store = &self.tasks.store;
-        let ttl = w.timeout + LEASE_MARGIN;
-        let mut st = match store.hook_lease(id, &w.name, &self.holder, ttl).await {
+        let lease = Lease {
+            store: &self.tasks.store,
+            w,
+            id,
+            holder: &self.holder,
+            ttl: w.timeout + LEASE_MARGIN,
+        };
+        let mut st = match lease
+            .store
+            .hook_lease(id, &w.name, lease.holder, lease.ttl)
+            .await
+        {
             Ok(Some(st)) => st,
             Ok(None) => return,
             Err(e) => {
@@ -378,41 +481,31 @@ impl Worker {
                 return;
             }
         };
-        self.deliver_leased(store, w, id, since, first_retry, &mut st)
+        self.deliver_leased(&lease, since, first_retry, &mut st)
             .await;
-        store.hook_release(id, &w.name, &self.holder).await;
+        lease.store.hook_release(id, &w.name, lease.holder).await;
     }
 
+    /// The delivery loop under the lease: batches of events from the cursor; an event
+    /// not for this webhook is skipped, one too old is dropped, the rest are sent.
     async fn deliver_leased(
         &self,
-        store: &Store,
-        w: &Webhook,
-        id: TokenId,
+        lease: &Lease<'_>,
         since: Timestamp,
         first_retry: Duration,
         st: &mut HookState,
     ) {
-        let ttl = w.timeout + LEASE_MARGIN;
-        let save = async |st: HookState| match store
-            .hook_save(id, &w.name, &self.holder, ttl, st)
-            .await
-        {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::warn!(token = %id, webhook = %w.name, "lost the delivery lease");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(token = %id, webhook = %w.name, error = %e, "cannot save the delivery state");
-                false
-            }
-        };
+        let (w, id) = (lease.w, lease.id);
         loop {
             if st.next_at_ms > now_ms() {
                 lock(&self.not_before).insert((w.name.clone(), id), st.next_at_ms);
                 return;
             }
-            let events = match store.events_from(id, st.cursor, EVENTS_PER_READ).await {
+            let events = match lease
+                .store
+                .events_from(id, st.cursor, EVENTS_PER_READ)
+                .await
+            {
                 Ok(e) if e.is_empty() => return,
                 Ok(e) => e,
                 Err(e) => {
@@ -420,91 +513,76 @@ impl Worker {
                     return;
                 }
             };
+            // Skips are saved with the next delivery, or at the end of the batch.
             let mut skipped = false;
             for (index, e) in events {
-                let ty = type_of(&e);
-                let body = payload(&e);
-                let body = match body {
-                    Some(b) if !e.id.is_empty() && e.at >= since && w.wants(&ty) => b,
+                let wanted = !e.id.is_empty() && e.at >= since && w.wants(&type_of(&e));
+                let Some(body) = payload(&e).filter(|_| wanted) else {
                     // Not for this webhook (type, or older than the webhook).
-                    _ => {
-                        *st = HookState {
-                            cursor: index + 1,
-                            attempts: 0,
-                            next_at_ms: 0,
-                        };
-                        skipped = true;
-                        continue;
-                    }
-                };
-                if skipped {
-                    skipped = false;
-                    if !save(*st).await {
-                        return;
-                    }
-                }
-                let deadline =
-                    e.at.as_millisecond()
-                        .saturating_add(w.retry_for.as_millis() as i64);
-                if now_ms() >= deadline {
-                    self.count(w, "dropped");
-                    tracing::warn!(token = %id, webhook = %w.name, event = %ty, "event not delivered within retry_for; dropped");
-                    *st = HookState {
-                        cursor: index + 1,
-                        attempts: 0,
-                        next_at_ms: 0,
-                    };
-                    if !save(*st).await {
-                        return;
-                    }
+                    *st = HookState::after(index);
+                    skipped = true;
                     continue;
+                };
+                if std::mem::take(&mut skipped) && !lease.save(*st).await {
+                    return;
                 }
-                match self.send(w, &e, body).await {
-                    Ok(()) => {
-                        self.count(w, "ok");
-                        *st = HookState {
-                            cursor: index + 1,
-                            attempts: 0,
-                            next_at_ms: 0,
-                        };
-                        if !save(*st).await {
-                            return;
-                        }
-                    }
-                    Err(why) => {
-                        let attempts = st.attempts.saturating_add(1);
-                        let next = now_ms()
-                            .saturating_add(backoff(first_retry, attempts).as_millis() as i64);
-                        if next >= deadline {
-                            self.count(w, "dropped");
-                            tracing::warn!(token = %id, webhook = %w.name, event = %ty, attempts, reason = %why, "event not delivered within retry_for; dropped");
-                            *st = HookState {
-                                cursor: index + 1,
-                                attempts: 0,
-                                next_at_ms: 0,
-                            };
-                            if !save(*st).await {
-                                return;
-                            }
-                            continue;
-                        }
-                        self.count(w, "retry");
-                        tracing::info!(token = %id, webhook = %w.name, event = %ty, attempts, reason = %why, "webhook delivery failed; will retry");
-                        *st = HookState {
-                            cursor: index,
-                            attempts,
-                            next_at_ms: next,
-                        };
-                        let _ = save(*st).await;
-                        lock(&self.not_before).insert((w.name.clone(), id), next);
-                        return;
-                    }
+                if !self.attempt(lease, &e, index, body, first_retry, st).await {
+                    return;
                 }
             }
-            if skipped && !save(*st).await {
+            if skipped && !lease.save(*st).await {
                 return;
             }
         }
+    }
+
+    /// Sends event `index` — or drops it once `retry_for` has passed — and saves the
+    /// outcome in `st`. `false`: stop here (a retry is scheduled, or the lease is lost).
+    async fn attempt(
+        &self,
+        lease: &Lease<'_>,
+        e: &Event,
+        index: u64,
+        body: Vec<u8>,
+        first_retry: Duration,
+        st: &mut HookState,
+    ) -> bool {
+        let (w, id, ty) = (lease.w, lease.id, type_of(e));
+        let deadline =
+            e.at.as_millisecond()
+                .saturating_add(w.retry_for.as_millis() as i64);
+        if now_ms() >= deadline {
+            self.count(w, "dropped");
+            tracing::warn!(token = %id, webhook = %w.name, event = %ty, "event not delivered within retry_for; dropped");
+            *st = HookState::after(index);
+            return lease.save(*st).await;
+        }
+        let why = match self.send(w, e, body).await {
+            Ok(()) => {
+                self.count(w, "ok");
+                *st = HookState::after(index);
+                return lease.save(*st).await;
+            }
+            Err(why) => why,
+        };
+        let attempts = st.attempts.saturating_add(1);
+        let next = now_ms().saturating_add(backoff(first_retry, attempts).as_millis() as i64);
+        if next >= deadline {
+            self.count(w, "dropped");
+            tracing::warn!(token = %id, webhook = %w.name, event = %ty, attempts, reason = %why, "event not delivered within retry_for; dropped");
+            *st = HookState::after(index);
+            return lease.save(*st).await;
+        }
+        self.count(w, "retry");
+        tracing::info!(token = %id, webhook = %w.name, event = %ty, attempts, reason = %why, "webhook delivery failed; will retry");
+        *st = HookState {
+            cursor: index,
+            attempts,
+            next_at_ms: next,
+        };
+        let _ = lease.save(*st).await;
+        lock(&self.not_before).insert((w.name.clone(), id), next);
+        false
     }
 
     /// One attempt: POST, signed, within the webhook's timeout; `Ok` on a 2xx.

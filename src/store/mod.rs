@@ -341,6 +341,15 @@ pub struct HookState {
 }
 
 impl HookState {
+    /// The state once event `index` is delivered or dropped: the next one, no failures.
+    pub fn after(index: u64) -> HookState {
+        HookState {
+            cursor: index + 1,
+            attempts: 0,
+            next_at_ms: 0,
+        }
+    }
+
     fn encode(&self) -> String {
         format!("{} {} {}", self.cursor, self.attempts, self.next_at_ms)
     }
