@@ -53,6 +53,9 @@ fn upstream_text(kind: UpstreamFailure) -> &'static str {
 /// Every error a client can be answered with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
+    /// Request head over `proxy.max_header_bytes` (SPEC §2 row 0).
+    #[error("the request head exceeds {0} bytes")]
+    HeadersTooLarge(usize),
     /// Path or headers malformed.
     #[error("{0}")]
     Malformed(String),
@@ -130,6 +133,11 @@ impl ApiError {
     pub fn parts(&self) -> (StatusCode, &'static str, Source) {
         use ApiError::*;
         match self {
+            HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HEADERS_TOO_LARGE",
+                Source::Client,
+            ),
             Malformed(_) => (StatusCode::BAD_REQUEST, "REQ_MALFORMED", Source::Client),
             AuthMissing => (StatusCode::UNAUTHORIZED, "AUTH_MISSING", Source::Client),
             StoreUnavailable => (

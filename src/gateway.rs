@@ -15,6 +15,7 @@ use jiff::Timestamp;
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::headers;
 use crate::logging::{Exchange, Finished, Line};
 use crate::metrics::Class;
 use crate::policy::{self, Access, Admission, Refusal};
@@ -61,7 +62,9 @@ async fn proxy_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Result<Response<ResBody>, ApiError> {
-    let path: &str = ctx.path.insert(request_filter(&req)?);
+    let path: &str = ctx
+        .path
+        .insert(request_filter(&req, rt.config.proxy.max_header_bytes)?);
     // Looked up before authenticating only to label the metrics of auth failures; the
     // order of the checks (SPEC §2) is upstream_peer's.
     ctx.module = rt.routes.lookup(path);
@@ -92,9 +95,12 @@ async fn proxy_request(
     Ok(proxy::response_filter(res, version))
 }
 
-/// Rejects targets that are not origin-form and returns the normalised path (SPEC §2
-/// check 1).
-fn request_filter(req: &Request<Incoming>) -> Result<String, ApiError> {
+/// Rejects heads over `max_header_bytes` (SPEC §2 row 0) and targets that are not
+/// origin-form, and returns the normalised path (check 1).
+fn request_filter(req: &Request<Incoming>, max_header_bytes: usize) -> Result<String, ApiError> {
+    if headers::head_size(req) > max_header_bytes {
+        return Err(ApiError::HeadersTooLarge(max_header_bytes));
+    }
     let uri = req.uri();
     // HTTP/2 requests always carry :scheme and :authority; in HTTP/1 those mean
     // absolute-form, which a gateway (not a forward proxy) refuses.

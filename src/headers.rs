@@ -1,8 +1,8 @@
 //! Header hygiene: hop-by-hop removal (RFC 9110 §7.6.1), `x-keygate-*` stripping,
-//! and the `X-Request-Id` rule.
+//! the `X-Request-Id` rule, and the size of a request head.
 
 use http::header::{CONNECTION, HeaderName, TE};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Request, Version};
 
 /// Hop-by-hop headers always removed (RFC 9110 §7.6.1 plus the legacy ones).
 const HOP_BY_HOP: [&str; 7] = [
@@ -34,6 +34,30 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The size of a request head as `proxy.max_header_bytes` counts it. HTTP/1: the bytes
+/// of the request line and the header lines (RFC 9112 §2.1: CRLF endings, `name: value`).
+/// HTTP/2: the header list size of RFC 9113 §6.5.2 (name + value + 32 octets per field,
+/// the four pseudo-headers included), which `SETTINGS_MAX_HEADER_LIST_SIZE` bounds.
+pub fn head_size<B>(req: &Request<B>) -> usize {
+    let method = req.method().as_str().len();
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let fields = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len());
+    if req.version() >= Version::HTTP_2 {
+        let scheme = req.uri().scheme_str().map_or(0, str::len);
+        let authority = req.uri().authority().map_or(0, |a| a.as_str().len());
+        let pseudo = ":method".len() + method + ":path".len() + target;
+        let pseudo = pseudo + ":scheme".len() + scheme + ":authority".len() + authority + 4 * 32;
+        fields.map(|n| n + 32).fold(pseudo, usize::saturating_add)
+    } else {
+        // "GET /x HTTP/1.1\r\n", each "name: value\r\n", the empty line.
+        let line = method + 1 + target + " HTTP/1.1\r\n".len() + 2;
+        fields.map(|n| n + 4).fold(line, usize::saturating_add)
+    }
+}
 
 /// Removes hop-by-hop headers: the fixed list, every header named in any `Connection`
 /// line, and `TE` unless it is exactly `trailers` (the one value a proxy may pass on).

@@ -80,7 +80,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight and no head arriving is closed after this.
     pub idle_timeout: Duration,
-    /// Request head size limit (HTTP/1 buffer, HTTP/2 header list); larger heads get 431.
+    /// Request head size limit: the handlers answer larger heads 431 themselves (JSON,
+    /// `X-Request-Id`); hyper's own limits are [`hyper_head_limit`] of it.
     pub max_header_bytes: usize,
     /// Deadline for in-flight requests at shutdown.
     pub drain_timeout: Duration,
@@ -145,6 +146,14 @@ const RECLAIM_MIN_IDLE: Duration = Duration::from_millis(500);
 
 /// hyper's smallest allowed HTTP/1 read buffer.
 const MIN_BUF: usize = 8192;
+
+/// The head size at which hyper and h2 refuse a request themselves (a bare 431, no
+/// JSON, no `X-Request-Id`): twice keygate's own limit, so that heads between the two
+/// reach the handler, which answers them 431 in the JSON shape (SPEC §2 row 0). The
+/// margin bounds what one request head may make keygate buffer.
+pub fn hyper_head_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(MIN_BUF)
+}
 /// Back-off after an accept error (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// The HTTP/2 connection preface (RFC 9113 §3.4): how h2c prior knowledge is told
@@ -288,12 +297,14 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         // The watchdog keeps the head timeout (hyper's would also cut idle keep-alive).
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
+        .max_buf_size(hyper_head_limit(limits.max_header_bytes))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(hyper_head_limit(limits.max_header_bytes)).unwrap_or(u32::MAX),
+        )
         // PINGs find dead peers; closing idle ones is the watchdog's job.
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(limits.header_read_timeout)

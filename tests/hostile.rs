@@ -365,6 +365,80 @@ async fn http11_request_without_host_or_with_two_hosts_answers_400() {
     assert_eq!(raw_status(&answer), 200, "{answer}");
 }
 
+/// Regression (#14 item 6): heads over `max_header_bytes` were answered by hyper — a bare
+/// 431 without the JSON error or `X-Request-Id` — and a limit under hyper's 8 KiB
+/// minimum buffer did not hold. Up to twice the limit keygate now answers itself, on
+/// HTTP/1, on h2 and on the admin listener; beyond that hyper still answers (bare).
+#[tokio::test]
+async fn oversized_head_answers_431_in_the_json_shape_with_a_request_id() {
+    let up = spawn_upstream().await;
+    let gw = gateway_with("max_header_bytes = 2048", &up, "").await;
+    let (_, key) = gw.token(&["alpha"]).await;
+    let head = |n: usize| {
+        format!(
+            "GET /a HTTP/1.1\r\nHost: gw\r\nAuthorization: ApiKey {key}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "v".repeat(n)
+        )
+    };
+    let a = raw(gw.proxy, head(1500).as_bytes()).await;
+    assert_eq!(raw_status(&a), 200, "under the limit: {a}");
+    let a = raw(gw.proxy, head(3000).as_bytes()).await;
+    assert_eq!(raw_status(&a), 431, "{a}");
+    assert_eq!(error_code(&a), "HEADERS_TOO_LARGE", "{a}");
+    assert!(a.contains("\r\nx-request-id: "), "{a}");
+    assert_eq!(
+        up.count(),
+        1,
+        "only the request under the limit went upstream"
+    );
+    // h2 (prior knowledge): the header list size of RFC 9113 §6.5.2.
+    let io = TcpStream::connect(gw.proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (n, status) in [(1500, 200), (3000, 431)] {
+        let req = http::Request::builder()
+            .uri(format!("http://gw/a/{n}"))
+            .header("authorization", format!("ApiKey {key}"))
+            .header("x-big", "v".repeat(n))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), status, "h2, {n} bytes");
+        assert!(res.headers().contains_key("x-request-id"));
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap();
+        if status == 431 {
+            let v: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+            assert_eq!(v["error_code"], "HEADERS_TOO_LARGE");
+        }
+    }
+    assert_eq!(up.count(), 2);
+    // The admin listener, before any route or authentication.
+    let a = raw(
+        gw.admin,
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "v".repeat(3000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&a), 431, "{a}");
+    assert_eq!(error_code(&a), "HEADERS_TOO_LARGE", "{a}");
+    assert!(a.contains("\r\nx-request-id: "), "{a}");
+    // Beyond hyper's own limit (twice ours, at least 8 KiB) hyper answers, bare.
+    let a = raw(gw.proxy, head(20_000).as_bytes()).await;
+    assert_eq!(raw_status(&a), 431, "{a}");
+    assert_eq!(error_code(&a), "", "{a}");
+    assert_eq!(up.count(), 2);
+}
+
 #[tokio::test]
 async fn h2_x_forwarded_host_comes_from_authority() {
     let up = spawn_upstream().await;

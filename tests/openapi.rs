@@ -44,6 +44,7 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
                 "maxItems",
                 "uniqueItems",
                 "oneOf",
+                "not",
                 "minimum",
                 "maximum",
                 "default",
@@ -64,6 +65,13 @@ fn validate(doc: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>)
             .count();
         if matching != 1 {
             errs.push(format!("{at}: {v} matches {matching} of oneOf"));
+        }
+    }
+    if let Some(not) = s.get("not") {
+        let mut e = Vec::new();
+        validate(doc, not, v, at, &mut e);
+        if e.is_empty() {
+            errs.push(format!("{at}: {v} matches `not` {not}"));
         }
     }
     let mut err = |m: String| errs.push(format!("{at}: {m}"));
@@ -766,4 +774,105 @@ async fn document_is_as_strict_as_the_server() {
     )
     .await;
     assert_eq!(a.status, 200);
+}
+
+/// Regression (#14, schemathesis "schema-valid request rejected", second campaign):
+/// `expires_at` together with `expires_in` (create, PATCH, renew) and an `expires_at` in
+/// the past passed the schema but answer 400; `offset` above the documented maximum was
+/// accepted. Each now fails the schema AND is refused by the server; the values next to
+/// them pass both.
+#[tokio::test]
+async fn expiry_pair_past_expiry_and_offset_agree_with_the_server() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&module_toml("agreements", &["/a"], &up.url(), "")).await;
+    let doc = fetch_doc(&gw).await;
+    let k = Some(gw.admin_key.as_str());
+    let schema_ok = |template: &str, method: &str, body: &Value| {
+        let schema =
+            &doc["paths"][template][method]["requestBody"]["content"]["application/json"]["schema"];
+        let mut errs = Vec::new();
+        validate(&doc, schema, body, "request", &mut errs);
+        errs.is_empty()
+    };
+    let (id, _) = gw.token(&["agreements"]).await;
+    let next_year = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .year()
+        + 1;
+    let future = format!("{next_year}-06-01T00:00:00Z");
+    let cases = [
+        (
+            "/v1/tokens",
+            "post",
+            "/v1/tokens".to_string(),
+            Method::POST,
+            201,
+        ),
+        (
+            "/v1/tokens/{id}",
+            "patch",
+            format!("/v1/tokens/{id}"),
+            Method::PATCH,
+            200,
+        ),
+        (
+            "/v1/tokens/{id}/renew",
+            "post",
+            format!("/v1/tokens/{id}/renew"),
+            Method::POST,
+            200,
+        ),
+    ];
+    for (template, method, path, m, success) in cases {
+        let body = |extra: Value| {
+            let mut b = if template == "/v1/tokens" {
+                json!({"name": "strict", "permissions": ["agreements"]})
+            } else {
+                json!({})
+            };
+            for (key, v) in extra.as_object().unwrap() {
+                b[key] = v.clone();
+            }
+            b
+        };
+        for (bad, good) in [
+            (
+                json!({"expires_at": future, "expires_in": "7d"}),
+                json!({"expires_in": "7d"}),
+            ),
+            (
+                json!({"expires_at": null, "expires_in": "7d"}),
+                json!({"expires_at": future}),
+            ),
+            (
+                json!({"expires_at": "2000-01-01T00:00:00Z"}),
+                json!({"expires_at": future}),
+            ),
+        ] {
+            let (bad, good) = (body(bad), body(good));
+            assert!(!schema_ok(template, method, &bad), "schema accepts {bad}");
+            let a = admin_call(&gw, m.clone(), &path, k, &bad.to_string()).await;
+            assert_eq!(a.status, 400, "{method} {template}: server accepts {bad}");
+            assert!(schema_ok(template, method, &good), "schema refuses {good}");
+            let a = admin_call(&gw, m.clone(), &path, k, &good.to_string()).await;
+            assert_eq!(
+                a.status,
+                success,
+                "{method} {template}: server refuses {good}: {}",
+                a.text()
+            );
+        }
+    }
+    // offset: the document's maximum is the server's.
+    let params = doc["paths"]["/v1/tokens"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let offset = &params.iter().find(|p| p["name"] == "offset").unwrap()["schema"];
+    for (n, ok) in [(4_294_967_295u64, true), (4_294_967_296, false)] {
+        let mut errs = Vec::new();
+        validate(&doc, offset, &json!(n), "offset", &mut errs);
+        assert_eq!(errs.is_empty(), ok, "schema, offset {n}");
+        let a = admin_call(&gw, Method::GET, &format!("/v1/tokens?offset={n}"), k, "").await;
+        assert_eq!(a.status == 200, ok, "server, offset {n}: {}", a.text());
+    }
 }

@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use crate::auth;
 use crate::config::ADMIN_MODULE;
 use crate::error::{ApiError, json_response};
+use crate::headers::head_size;
 use crate::logging::{Exchange, Line};
 use crate::policy::Access;
 use crate::server::ConnInfo;
@@ -205,7 +206,11 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Response<Full<Bytes>> {
-    if let Some(res) = console::serve(&req) {
+    // A head over the limit gets process's 431 (JSON, X-Request-Id), console or not.
+    let max_head = shared.runtime.load().config.proxy.max_header_bytes;
+    if head_size(&req) <= max_head
+        && let Some(res) = console::serve(&req)
+    {
         return res;
     }
     let exchange = Exchange::begin(req.method(), req.headers(), &shared.request_ids);
@@ -238,6 +243,10 @@ async fn process(
     conn: &ConnInfo,
     actor: &mut Option<TokenId>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let max_head = shared.runtime.load().config.proxy.max_header_bytes;
+    if head_size(&req) > max_head {
+        return Err(ApiError::HeadersTooLarge(max_head));
+    }
     let (op, id) = resolve(req.method(), req.uri().path())?;
     match op {
         Op::Healthz => Ok(json_static(StatusCode::OK, r#"{"status":"ok"}"#)),

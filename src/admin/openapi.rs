@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::tokens::{DEFAULT_LIMIT, MAX_GRACE, MAX_LIMIT, MAX_SEARCH_CHARS};
+use super::tokens::{DEFAULT_LIMIT, MAX_GRACE, MAX_LIMIT, MAX_OFFSET, MAX_SEARCH_CHARS};
 use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
 use crate::policy::{MAX_LIMIT_REQUESTS, MAX_QUOTA_REQUESTS};
 use crate::tokens::{MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS, MIN_EXPIRES_IN};
@@ -79,6 +79,59 @@ fn numbers_up_to(max: u64, min_digits: usize) -> Vec<String> {
     }
     alts.push(max.to_string());
     alts
+}
+
+/// A regex alternation of the `width`-digit decimal strings (leading zeros kept) from
+/// `lo` to `hi`, both `width` digits long: the digit-by-digit range construction.
+fn fixed_width_range(lo: &[u8], hi: &[u8]) -> Vec<String> {
+    let (Some((&l, lo_rest)), Some((&h, hi_rest))) = (lo.split_first(), hi.split_first()) else {
+        return vec![String::new()];
+    };
+    let any = |n: usize| match n {
+        0 => String::new(),
+        n => format!("[0-9]{{{n}}}"),
+    };
+    let class = |a: u8, b: u8| match b - a {
+        0 => char::from(b'0' + a).to_string(),
+        _ => format!("[{a}-{b}]"),
+    };
+    let full = lo_rest.iter().all(|&d| d == 0) && hi_rest.iter().all(|&d| d == 9);
+    let lead = |d: u8, rest: Vec<String>| -> Vec<String> {
+        rest.into_iter()
+            .map(|r| format!("{}{r}", char::from(b'0' + d)))
+            .collect()
+    };
+    if l == h {
+        return lead(l, fixed_width_range(lo_rest, hi_rest));
+    }
+    if full {
+        return vec![format!("{}{}", class(l, h), any(lo_rest.len()))];
+    }
+    let nines = vec![9; lo_rest.len()];
+    let zeros = vec![0; hi_rest.len()];
+    let mut alts = lead(l, fixed_width_range(lo_rest, &nines));
+    if h - l > 1 {
+        alts.push(format!("{}{}", class(l + 1, h - 1), any(lo_rest.len())));
+    }
+    alts.extend(lead(h, fixed_width_range(&zeros, hi_rest)));
+    alts
+}
+
+/// A pattern for `expires_at`: a year after `year` (up to 9998; the server's last
+/// expiry is 9999-12-30). JSON Schema cannot say "after now", so the document admits a
+/// subset of what the server accepts: every time it admits is in the future (#14).
+fn future_years_pattern(year: i16) -> String {
+    let first = u16::try_from(year).unwrap_or(0).saturating_add(1).min(9998);
+    let digits = |n: u16| {
+        format!("{n:04}")
+            .bytes()
+            .map(|b| b - b'0')
+            .collect::<Vec<_>>()
+    };
+    format!(
+        "^({})-",
+        fixed_width_range(&digits(first), &digits(9998)).join("|")
+    )
 }
 
 /// A pattern for durations from `min_ms` (0 or a whole number of seconds) to `max_ms`,
@@ -150,6 +203,7 @@ fn responses(success: (&str, Value), extra: &[(&str, &str)]) -> Value {
         ("401", "Unauthorized"),
         ("403", "Forbidden"),
         ("405", "MethodNotAllowed"),
+        ("431", "HeadersTooLarge"),
         ("503", "StoreUnavailable"),
     ]
     .iter()
@@ -290,8 +344,14 @@ fn schemas(config: &Config) -> Value {
         "description": "Module names from GET /v1/modules (plus `integrations`), each optionally `:read`, or [\"all\"] / `all:read` (SPEC §8).",
         "items": { "type": "string", "enum": permission_names(config) },
     });
+    let year = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .year();
     let expires_at = json!({ "type": "string", "format": "date-time",
-        "description": "RFC 3339; in the future and before 9999-12-30." });
+        "pattern": future_years_pattern(year),
+        "description": "RFC 3339; in the future and before 9999-12-30. The pattern admits years after the current one only (a schema cannot say \"after now\"); the server accepts any later time." });
+    // expires_at and expires_in together (even one of them null) answer 400.
+    let one_expiry = json!({ "type": "object", "required": ["expires_at", "expires_in"] });
     let min_in = u64::try_from(MIN_EXPIRES_IN.as_millis()).unwrap_or(1000);
     let expires_in = json!({ "type": "string", "pattern": duration_pattern(min_in, MAX_DURATION_MS),
         "description": "A duration such as 7d, 30d, 90d, 1y, 12h: from 1s to 1000y." });
@@ -325,6 +385,7 @@ fn schemas(config: &Config) -> Value {
             "type": "object", "additionalProperties": false,
             "required": ["name"],
             "description": "Give expires_at or expires_in, not both; neither = perpetual. permissions may be left out only for an extension with preset permissions (which it then takes).",
+            "not": one_expiry.clone(),
             "properties": {
                 "name": name.clone(),
                 "description": nullable(description.clone()),
@@ -340,7 +401,8 @@ fn schemas(config: &Config) -> Value {
         },
         "TokenPatch": {
             "type": "object", "additionalProperties": false,
-            "description": "Only the fields given change. external_id null clears it; expires_at null makes the token perpetual.",
+            "description": "Only the fields given change. external_id null clears it; expires_at null makes the token perpetual. Not both expires_at and expires_in.",
+            "not": one_expiry.clone(),
             "properties": {
                 "name": name,
                 "description": nullable(description),
@@ -374,7 +436,8 @@ fn schemas(config: &Config) -> Value {
         },
         "Renew": {
             "type": "object", "additionalProperties": false,
-            "description": "Empty body: renew for the validity period last chosen.",
+            "description": "Empty body: renew for the validity period last chosen. Not both expires_at and expires_in.",
+            "not": one_expiry,
             "properties": { "expires_at": expires_at, "expires_in": expires_in },
         },
         "Event": {
@@ -461,6 +524,7 @@ fn error_responses() -> Value {
         "MethodNotAllowed": e("METHOD_NOT_ALLOWED (see the Allow header)"),
         "Conflict": e("SELF_LOCKOUT or NOT_RENEWABLE"),
         "TooLarge": e("VALIDATION: the body is over 64 KiB"),
+        "HeadersTooLarge": e("HEADERS_TOO_LARGE: the request head is over proxy.max_header_bytes"),
         "StoreUnavailable": e("STORE_UNAVAILABLE"),
     })
 }
@@ -477,7 +541,7 @@ fn paths(config: &Config) -> Value {
     let body = [("404", "NotFound"), ("413", "TooLarge")];
     let list_params = json!([
         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT } },
-        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": u32::MAX, "default": 0 } },
+        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0 } },
         { "name": "status", "in": "query", "schema": { "type": "string", "enum": ["active", "disabled", "expired"] } },
         { "name": "extension", "in": "query", "schema": { "type": "string",
             "enum": config.extensions.iter().map(|e| e.name.as_str()).collect::<Vec<_>>() } },
@@ -674,6 +738,21 @@ mod tests {
             assert_eq!(expires_in.is_match(c), ok_in, "expires_in {c:?}");
             let ok_grace = parsed.is_some_and(|d| d <= MAX_GRACE);
             assert_eq!(grace.is_match(c), ok_grace, "grace_period {c:?}");
+        }
+    }
+
+    #[test]
+    fn future_years_pattern_is_exact() {
+        for year in [1999i16, 2026, 2029, 2099, 2999, 8999, 9997, 9998, 9999] {
+            let re = regex::Regex::new(&future_years_pattern(year)).expect("regex");
+            for y in 0..=9999i16 {
+                let want = y > year.min(9997) && y <= 9998;
+                assert_eq!(
+                    re.is_match(&format!("{y:04}-01-01T00:00:00Z")),
+                    want,
+                    "year {year}, {y}"
+                );
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub const MAX_LIMIT: usize = 1000;
 pub const MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
 /// Longest `search` value, in characters.
 pub const MAX_SEARCH_CHARS: usize = 1024;
+/// Largest `offset` of a token list (beyond any store's size; the document says the same).
+pub const MAX_OFFSET: u64 = u32::MAX as u64;
 
 /// Runs the handler of a `/v1/*` route (the caller is authenticated).
 pub async fn dispatch(
@@ -784,7 +786,12 @@ pub fn parse_list_query(
         MAX_LIMIT as u64,
         "must be an integer from 1 to 1000",
     )?;
-    let offset = q.integer("offset", 0, u64::MAX, "must be a non-negative integer")?;
+    let offset = q.integer(
+        "offset",
+        0,
+        MAX_OFFSET,
+        "must be an integer from 0 to 4294967295",
+    )?;
     let status = match q.get("status")? {
         None => None,
         Some("active") => Some(Status::Active),
