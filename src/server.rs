@@ -198,26 +198,8 @@ pub async fn serve<H, F, B>(
 
     loop {
         // Wait for a free slot first: further connections stay in the kernel backlog.
-        // When none is free, idle connections are asked to make room.
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(p) => p,
-            Err(TryAcquireError::Closed) => break,
-            Err(TryAcquireError::NoPermits) => {
-                // Asked again while full: connections idle too briefly the first time
-                // (or not yet listening) may be reclaimable now.
-                let acquired = loop {
-                    reclaim.notify_waiters();
-                    tokio::select! {
-                        p = Arc::clone(&permits).acquire_owned() => break p.ok(),
-                        () = tokio::time::sleep(RECLAIM_INTERVAL) => {}
-                        () = &mut shutdown => break None,
-                    }
-                };
-                match acquired {
-                    Some(p) => p,
-                    None => break,
-                }
-            }
+        let Some(permit) = free_slot(&permits, &reclaim, &mut shutdown).await else {
+            break;
         };
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -243,33 +225,11 @@ pub async fn serve<H, F, B>(
             phase: phase_rx.clone(),
             reclaim: Arc::clone(&reclaim),
         };
-        let handler = handler.clone();
-        let tls = tls.clone();
+        let (handler, tls) = (handler.clone(), tls.clone());
         let span = tracing::debug_span!("conn", %remote);
         tokio::spawn(
             async move {
-                match tls {
-                    None => {
-                        let info = ConnInfo::new(remote, false);
-                        conn.run(stream, false, info, handler).await;
-                    }
-                    Some(acceptor) => {
-                        let hs = tokio::time::timeout(
-                            conn.limits.header_read_timeout,
-                            acceptor.accept(stream),
-                        )
-                        .await;
-                        match hs {
-                            Ok(Ok(stream)) => {
-                                let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-                                let info = ConnInfo::new(remote, true);
-                                conn.run(stream, h2, info, handler).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
-                        }
-                    }
-                }
+                conn.handshake_and_run(stream, remote, tls, handler).await;
                 drop(ip_guard);
                 drop(permit);
             }
@@ -277,15 +237,50 @@ pub async fn serve<H, F, B>(
         );
     }
     drop(listener);
+    drain(local, &phase_tx, &permits, max, limits.drain_timeout).await;
+}
+
+/// A connection slot: at once when one is free; otherwise idle connections are asked
+/// to make room until one is. `None`: shutting down.
+async fn free_slot<S: Future<Output = ()>>(
+    permits: &Arc<Semaphore>,
+    reclaim: &Notify,
+    shutdown: &mut Pin<&mut S>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match Arc::clone(permits).try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(TryAcquireError::Closed) => None,
+        Err(TryAcquireError::NoPermits) => loop {
+            // Asked again while full: connections idle too briefly the first time (or
+            // not yet listening) may be reclaimable now.
+            reclaim.notify_waiters();
+            tokio::select! {
+                p = Arc::clone(permits).acquire_owned() => break p.ok(),
+                () = tokio::time::sleep(RECLAIM_INTERVAL) => {}
+                () = shutdown.as_mut() => break None,
+            }
+        },
+    }
+}
+
+/// After the listener is closed: tells the connections to finish what they serve, and
+/// to close at once when `deadline` passes first.
+async fn drain(
+    local: Option<SocketAddr>,
+    phase: &watch::Sender<Phase>,
+    permits: &Semaphore,
+    max: usize,
+    deadline: Duration,
+) {
     tracing::info!(listener = ?local, "draining connections");
-    let _ = phase_tx.send(Phase::Draining);
+    let _ = phase.send(Phase::Draining);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(limits.drain_timeout, permits.acquire_many(all))
+    if tokio::time::timeout(deadline, permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!(listener = ?local, "drain deadline passed; closing remaining connections");
-        let _ = phase_tx.send(Phase::Closing);
+        let _ = phase.send(Phase::Closing);
     }
 }
 
@@ -322,6 +317,37 @@ struct Conn {
 }
 
 impl Conn {
+    /// Serves one accepted connection: the TLS handshake first (within the head
+    /// timeout) when the listener has TLS, then HTTP on it.
+    async fn handshake_and_run<H, F, B>(
+        self,
+        stream: tokio::net::TcpStream,
+        remote: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        handler: H,
+    ) where
+        H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(acceptor) = tls else {
+            let info = ConnInfo::new(remote, false);
+            return self.run(stream, false, info, handler).await;
+        };
+        let hs = tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
+        match hs.await {
+            Ok(Ok(stream)) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+                let info = ConnInfo::new(remote, true);
+                self.run(stream, h2, info, handler).await;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
+    }
+
     /// Serves one (possibly TLS) connection until it ends, times out or is drained.
     async fn run<I, H, F, B>(mut self, io: I, h2: bool, info: ConnInfo, handler: H)
     where
