@@ -44,9 +44,11 @@ cleanup() {
   [ -z "${WORK:-}" ] || rm -rf "$WORK"
 }
 
-# work_dir NAME: a fresh /tmp/NAME.XXXXXX in $WORK; cleanup runs on exit.
+# work_dir NAME: a fresh /tmp/NAME.XXXXXX in $WORK; cleanup runs on exit. Readable by
+# all (mktemp makes it 0700): nginx started as root serves files as its worker user.
 work_dir() {
   WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$WORK"
   trap cleanup EXIT
 }
 
