@@ -118,7 +118,7 @@ pub fn upstream_request_filter(
     } else {
         parts.headers.get(HOST).cloned().or_else(authority)
     };
-    parts.uri = upstream_uri(path, parts.uri.query())?;
+    parts.uri = upstream_uri(std::mem::take(&mut parts.uri), path)?;
     // The pool speaks HTTP/1.1 upstream whatever the client spoke.
     parts.version = Version::HTTP_11;
     let policy = HeaderPolicy {
@@ -160,8 +160,19 @@ fn check_declared_length(h: &http::HeaderMap, max: u64) -> Result<(), ApiError> 
 }
 
 /// `<normalised path>?<query as sent>`, in origin form (RFC 9112 §3.2.1): the
-/// connection it is sent on already goes to the module's upstream.
-fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+/// connection it is sent on already goes to the module's upstream. When normalising
+/// changed nothing (the common case) the client's path and query are reused as they
+/// are, without parsing them again (~700 instructions, issue 13).
+fn upstream_uri(uri: Uri, path: &str) -> Result<Uri, ApiError> {
+    if let Some(pq) = uri.path_and_query()
+        && pq.path() == path
+    {
+        if uri.scheme().is_none() && uri.authority().is_none() {
+            return Ok(uri);
+        }
+        return Ok(Uri::from(pq.clone()));
+    }
+    let query = uri.query();
     let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
     pq.push_str(path);
     if let Some(q) = query {

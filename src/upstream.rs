@@ -201,7 +201,9 @@ where
             return Ok((s, true));
         }
         if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
-            return Ok((self.connect(permit).await?, false));
+            // Boxed (here and below): connecting is rare, and its future (TCP, TLS
+            // handshake) would otherwise size every request's future (issue 13).
+            return Ok((Box::pin(self.connect(permit)).await?, false));
         }
         // At the limit: take an idle connection from any stack, or wait for one.
         self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -218,7 +220,7 @@ where
             tokio::select! {
                 permit = Arc::clone(&self.permits).acquire_owned() => {
                     let Ok(permit) = permit else { continue };
-                    return Ok((self.connect(permit).await?, false));
+                    return Ok((Box::pin(self.connect(permit)).await?, false));
                 }
                 () = returned => {}
             }

@@ -99,7 +99,8 @@ pub async fn admit(limiters: &Limiters, store: &Store, id: TokenId, policy: &Pol
             let (start, end) = q.period.bounds(now_ms.div_euclid(1000));
             (q.period, start, end)
         });
-        match redis.admit(id, policy, quota, now_ms).await {
+        // Boxed: a Redis round trip's future would size every request's future.
+        match Box::pin(redis.admit(id, policy, quota, now_ms)).await {
             Ok(v) => return from_redis(limiters, id, policy, quota, now_ms, &v),
             Err(e) => {
                 tracing::debug!(token = %id, error = %e, "limits decided locally: redis did not answer");

@@ -297,6 +297,14 @@ impl TokenCache {
         if self.complete && !stale {
             return Lookup::Unknown;
         }
+        // Boxed: the store read's future is large and every request's future would
+        // carry (and move) its size for the rare miss (issue 13).
+        Box::pin(self.lookup_miss(id, store, config)).await
+    }
+
+    /// [`TokenCache::lookup`] when the entry is not cached (or is of an older
+    /// configuration generation): negative cache, single-flight store read.
+    async fn lookup_miss(&self, id: TokenId, store: &Store, config: &Config) -> Lookup {
         let key = id.number();
         if let Some(at) = self.negative.get(&key).map(|v| *v) {
             if at.elapsed() < NEGATIVE_TTL {
