@@ -1,18 +1,21 @@
 //! Header hygiene: hop-by-hop removal (RFC 9110 §7.6.1), `x-keygate-*` stripping,
 //! the `X-Request-Id` rule, and the size of a request head.
 
-use http::header::{CONNECTION, HeaderName, TE};
+use http::header::{
+    CONNECTION, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue, Request, Version};
 
-/// Hop-by-hop headers always removed (RFC 9110 §7.6.1 plus the legacy ones).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
+/// Hop-by-hop headers always removed (RFC 9110 §7.6.1 plus the legacy ones). As
+/// `HeaderName`s: comparing a standard name is comparing an enum, not bytes.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    TRANSFER_ENCODING,
+    UPGRADE,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
 ];
 
 /// Longest `X-Request-Id` kept from a client.
@@ -68,7 +71,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u32;
     let mut te = false;
     for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == k.as_str()) {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present |= 1 << i;
         } else if k == TE {
             te = true;
@@ -78,8 +81,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Names listed in Connection (all lines, all comma-separated tokens; §7.6.1).
-    // Tokens that name a header of the fixed list (or `close`, `te`) need no lookup.
-    if headers.contains_key(CONNECTION) {
+    // Tokens that name a header of the fixed list (or `close`, `te`) need no lookup;
+    // the common `Connection: keep-alive` / `close` allocates nothing.
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
@@ -87,9 +91,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|n| {
-                !n.eq_ignore_ascii_case("close")
+                !n.is_empty()
+                    && !n.eq_ignore_ascii_case("close")
                     && !n.eq_ignore_ascii_case("te")
-                    && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h))
+                    && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str()))
             })
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
@@ -99,7 +104,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
-            remove_all(headers, *name);
+            remove_all(headers, name);
         }
     }
     if !te {
