@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keygate::config::{Config, DEFAULT_CONFIG_PATH};
 use keygate::{Gateway, Listeners, ReloadHandle};
 
+/// mimalloc instead of glibc's malloc: fewer instructions per allocation on the request
+/// path, and memory freed after a burst goes back to the system instead of staying in
+/// per-thread arenas (issue 13; figures in docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An authenticating reverse-proxy gateway.
 #[derive(Parser)]
 #[command(name = "keygate", version, about)]
