@@ -217,6 +217,53 @@ async fn slowloris_client_is_cut_off() {
     trickle.abort();
 }
 
+/// Regression for issue 13's watchdog change (a request no longer wakes it): a head
+/// that starts trickling on a keep-alive connection after an answered request is cut
+/// off after `header_read_timeout`, not left until `idle_timeout`.
+#[tokio::test]
+async fn slow_second_head_on_keep_alive_is_cut_off() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&format!(
+        "[proxy]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"60s\"\n{}",
+        module_toml("alpha", &["/a"], &up.url(), "")
+    ))
+    .await;
+    let (_, key) = gw.token(&["alpha"]).await;
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    s.write_all(get_req("/a/1", &key).as_bytes()).await.unwrap();
+    assert_eq!(raw_status(&read_response(&mut s).await), 200);
+    s.write_all(b"GET /a/2 HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for i in 0..100 {
+            if wr
+                .write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok();
+    assert!(closed, "a second head trickling on a keep-alive connection was not cut off");
+    trickle.abort();
+    assert_eq!(up.count(), 1);
+}
+
 #[tokio::test]
 async fn silent_connection_is_cut_off_after_header_read_timeout() {
     let gw = spawn_gateway("[proxy]\nheader_read_timeout = \"300ms\"\n").await;
