@@ -3,15 +3,17 @@
 # of h2 streams to a slow upstream, and after the burst.
 #
 #   scripts/rss-burst.sh [STREAMS_PER_CONN] [REQUESTS]     (defaults: 256, 60000)
-#   ALLOC=/path/to/libX.so   run keygate with LD_PRELOAD=ALLOC (compare allocators
-#                            without rebuilding: libjemalloc.so.2, libmimalloc.so.2)
+#   ALLOC=/path/to/libX.so   run keygate with LD_PRELOAD=ALLOC: only changes a binary
+#                            built with the system allocator (keygate links mimalloc
+#                            as its global allocator; see docs/performance.md)
+#   KEYGATE_BIN=PATH         a keygate binary to measure instead of building this tree's
 #   MAX_UP=N                 the module's max_upstream_connections (default: 1024)
 #
 # On 127.0.0.1 only: an nginx upstream answering 64 KiB at 512 KiB/s per response (so
 # requests pile up and the pool grows), keygate (release build, embedded store,
 # proxy.workers = 2), h2load with 10 h2c connections of STREAMS_PER_CONN concurrent
 # streams each (the shape of issue 14's report). Prints RSS idle, the peak during the
-# burst, RSS 2 s and 15 s after it, and the upstream connections keygate held at the peak.
+# burst, RSS 2 s, 15 s and 30 s after it, and the upstream connections keygate held at the peak.
 # Every process started here is stopped by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +26,11 @@ need_tools h2load:nghttp2-client nginx:nginx-light curl:curl
 NGINX=$(nginx_bin)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --quiet --bin keygate
+[ -n "${KEYGATE_BIN:-}" ] || cargo build --release --quiet --bin keygate
+KEYGATE=${KEYGATE_BIN:-./target/release/keygate}
 work_dir keygate-rss
+# nginx's workers (another user) read the upstream's file below it.
+chmod 755 "$WORK"
 UP=$(free_port); KG=$(free_port); KGA=$(free_port)
 
 mkdir -p "$WORK/up/html"
@@ -64,7 +69,7 @@ prefixes = ["/public/v1/agreements"]
 upstream = "http://127.0.0.1:$UP"
 max_upstream_connections = $MAX_UP
 CONF
-start_keygate "$WORK/keygate.toml" env ${ALLOC:+LD_PRELOAD=$ALLOC} ./target/release/keygate
+start_keygate "$WORK/keygate.toml" env ${ALLOC:+LD_PRELOAD=$ALLOC} "$KEYGATE"
 KEY=$(cat "$WORK/admin.key")
 URL="http://127.0.0.1:$KG/public/v1/agreements/big"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $KEY" "$URL")
@@ -84,5 +89,6 @@ done
 grep -E "^requests:|^status codes:|finished in" "$WORK/h2load.out" || cat "$WORK/h2load.out"
 sleep 2; AFTER2=$(rss)
 sleep 13; AFTER15=$(rss)
-echo "allocator: ${ALLOC:-system (glibc)}; max_upstream_connections $MAX_UP; upstream connections at the peak: $PEAKUP"
-echo "RSS idle ${IDLE} kB, peak ${PEAK} kB, 2 s after ${AFTER2} kB, 15 s after ${AFTER15} kB ($(python3 -c "print(f'{$AFTER15/$IDLE:.1f}')")x idle)"
+sleep 15; AFTER30=$(rss)
+echo "binary: $KEYGATE${ALLOC:+ with LD_PRELOAD=$ALLOC}; max_upstream_connections $MAX_UP; upstream connections at the peak: $PEAKUP"
+echo "RSS idle ${IDLE} kB, peak ${PEAK} kB, 2 s after ${AFTER2} kB, 15 s after ${AFTER15} kB, 30 s after ${AFTER30} kB ($(python3 -c "print(f'{$AFTER15/$IDLE:.1f}x / {$AFTER30/$IDLE:.1f}x')") idle)"
