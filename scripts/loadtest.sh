@@ -12,7 +12,7 @@
 #   (comparing builds); SKIP_BUILD=1 uses target/release as it is.
 #   CALLGRIND=N: instead of wrk rounds, run each proxy under valgrind's callgrind for N
 #   requests after a warm-up and print user-space instructions per request, all threads
-#   and without tokio's blocking pool (timed background work: stats flush; noise-free;
+#   and on the first thread (keygate's runtime with workers = 1; noise-free;
 #   the profiles stay in $KEEP, default /tmp/keygate-callgrind, for callgrind_annotate;
 #   ONLY_KEYGATE=1 skips the other two).
 #   POLICY=1 (every token carries two rate limits that never trip, 10^9/1s and 10^9/1d,
@@ -206,7 +206,7 @@ if [ -n "$CALLGRIND" ]; then
   measure() { # name port command... -> Ir/request
     local name=$1 port=$2; shift 2
     rm -f "$KEEP/$name".*
-    spawn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$KEEP/$name.%p" \
+    spawn valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes --callgrind-out-file="$KEEP/$name.%p" \
       --trace-children=no "$@" > "$WORK/$name.vg.log" 2>&1; local vp=$!
     for _ in $(seq 600); do
       [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/agreements/x")" = 200 ] && break
@@ -230,14 +230,13 @@ PY
     callgrind_control -i off "$vp" > /dev/null
     callgrind_control -d "$vp" > /dev/null
     kill "$vp"; wait "$vp" 2>/dev/null || true
-    local ir bg n=$((CALLGRIND / 8 * 8))
+    local ir main n=$((CALLGRIND / 8 * 8))
     ir=$(for f in "$KEEP/$name".*; do grep -m1 -E '^totals:' "$f"; done | awk '{s+=$2} END{print s}')
-    # tokio's blocking pool (keygate: the once-a-second statistics flush and other store
-    # writes) runs on a clock, not per request: under valgrind's ~50x slow-down it
-    # lands on far fewer requests than natively, so it is shown apart.
-    bg=$(for f in "$KEEP/$name".*; do callgrind_annotate --inclusive=yes "$f" 2>/dev/null |
-      grep -m1 'blocking::pool::Inner::run' || true; done | awk '{gsub(",", "", $1); s+=$1} END{print s+0}')
-    echo "$name: $((ir / n)) instructions per request, $(((ir - bg) / n)) without tokio's blocking pool ($CALLGRIND requests; profile $KEEP/$name.*)"
+    # Thread 1 is keygate's runtime with workers = 1: the requests. tokio's blocking pool
+    # (the once-a-second statistics flush, store clean-ups) runs on a clock, not per
+    # request, and under valgrind's ~50x slow-down falls on ~50x fewer requests.
+    main=$(for f in "$KEEP/$name".*-01; do grep -m1 -E '^totals:' "$f"; done 2>/dev/null | awk '{s+=$2} END{print s+0}')
+    echo "$name: $((ir / n)) instructions per request (all threads), $((main / n)) on its first thread ($CALLGRIND requests; profile $KEEP/$name.*)"
   }
   KEYGATE_LOG=warn measure keygate "$KG" "$KEYGATE" serve --config "$WORK/keygate.toml"
   [ -n "${ONLY_KEYGATE:-}" ] && exit 0
