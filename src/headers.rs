@@ -94,7 +94,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 !n.is_empty()
                     && !n.eq_ignore_ascii_case("close")
                     && !n.eq_ignore_ascii_case("te")
-                    && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str()))
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| n.eq_ignore_ascii_case(h.as_str()))
             })
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();

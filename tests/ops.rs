@@ -259,7 +259,10 @@ async fn slow_second_head_on_keep_alive_is_cut_off() {
     })
     .await
     .is_ok();
-    assert!(closed, "a second head trickling on a keep-alive connection was not cut off");
+    assert!(
+        closed,
+        "a second head trickling on a keep-alive connection was not cut off"
+    );
     trickle.abort();
     assert_eq!(up.count(), 1);
 }
