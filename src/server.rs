@@ -579,7 +579,7 @@ impl Activity {
     /// `at` in milliseconds since `epoch`, rounded up (the watchdog wakes no earlier).
     fn ms_at(&self, at: Instant) -> u64 {
         let d = at.saturating_duration_since(self.epoch);
-        let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+        let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
         u64::try_from(ms).unwrap_or(NONE - 1)
     }
 
