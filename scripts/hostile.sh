@@ -87,13 +87,17 @@ if [ "$ST_SECS" != 0 ]; then
   # scripts/schemathesis_hooks.py sends what targets the caller's token to a stand-in
   # with the same permissions. Full output: $SCHEMATHESIS_LOG.
   STLOG=${SCHEMATHESIS_LOG:-/tmp/keygate-schemathesis.log}
+  # One worker: with two, one scenario deletes a token another has just created (a
+  # "created resource not found" that is the test's own race). scripts/schemathesis.toml
+  # says why one check is off for the events operation.
   HOOKS=$PWD/scripts/schemathesis_hooks.py
+  STCONF=$PWD/scripts/schemathesis.toml
   OTHER=$(curl -sf "http://127.0.0.1:$KGA/v1/tokens" -H "Authorization: ApiKey $ADMIN" \
     -d '{"name":"schemathesis stand-in","permissions":["all"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   out=$(cd "$WORK" && KEYGATE_OWN_ID=${ADMIN%%:*} KEYGATE_OTHER_ID=$OTHER SCHEMATHESIS_HOOKS=$HOOKS \
-      timeout --signal=INT "$((ST_SECS + 60))" schemathesis run "http://127.0.0.1:$KGA/openapi.json" \
-      -H "Authorization: ApiKey $ADMIN" --max-time "$ST_SECS" --checks all \
-      --exclude-checks ignored_auth --workers 2 --no-color 2>&1) || true
+      timeout --signal=INT "$((ST_SECS + 60))" schemathesis --config-file "$STCONF" run \
+      "http://127.0.0.1:$KGA/openapi.json" -H "Authorization: ApiKey $ADMIN" --max-time "$ST_SECS" \
+      --checks all --exclude-checks ignored_auth --workers 1 --no-color 2>&1) || true
   echo "$out" > "$STLOG"
   cases=$(echo "$out" | grep -A1 '^Test cases:' | tail -1 | xargs)
   found=$(echo "$out" | grep -oE '❌ ST[0-9]+ [^:]*: [0-9]+' | tr '\n' ';' || true)

@@ -271,6 +271,14 @@ fn with_default(mut s: Value, default: &str) -> Value {
     s
 }
 
+/// `base` with the members of `more` added (both objects).
+fn merge(mut base: Value, more: Value) -> Value {
+    if let (Some(b), Value::Object(m)) = (base.as_object_mut(), more) {
+        b.extend(m);
+    }
+    base
+}
+
 fn nullable(mut s: Value) -> Value {
     s["nullable"] = json!(true);
     s
@@ -337,13 +345,42 @@ fn schemas(config: &Config) -> Value {
     let extension_names: Vec<&str> = config.extensions.iter().map(|e| e.name.as_str()).collect();
     let extension = json!({ "type": "string", "enum": extension_names,
         "description": "An extension name from GET /v1/extensions (not its code)." });
-    // Each name once, from the configuration; the combination rules ("all" alone, no
-    // ":read" beside "all:read") are the server's (a 400 naming permissions).
+    // Each name once, from the configuration; "all" only alone (a oneOf). Two rules need
+    // `contains`, which OpenAPI 3.0 lacks, and stay the server's (400 naming
+    // permissions): a module in both forms (`x` and `x:read`), `:read` beside `all:read`.
+    let names: Vec<String> = permission_names(config)
+        .into_iter()
+        .filter(|n| n != PERMISSION_ALL)
+        .collect();
     let permissions = json!({
-        "type": "array", "minItems": 1, "uniqueItems": true,
-        "description": "Module names from GET /v1/modules (plus `integrations`), each optionally `:read`, or [\"all\"] / `all:read` (SPEC §8).",
-        "items": { "type": "string", "enum": permission_names(config) },
+        "type": "array", "minItems": 1,
+        "description": "Module names from GET /v1/modules (plus `integrations`), each optionally `:read`, or exactly [\"all\"], or `all:read` beside full module permissions (SPEC §8). Also refused (400): a module named twice (`x` and `x:read`), a `:read` entry beside `all:read`.",
+        "oneOf": [
+            { "type": "array", "minItems": 1, "maxItems": 1,
+              "items": { "type": "string", "enum": [PERMISSION_ALL] } },
+            { "type": "array", "minItems": 1, "uniqueItems": true,
+              "items": { "type": "string", "enum": names } },
+        ],
     });
+    // permissions may be left out only for an extension with preset permissions (the
+    // default extension `custom` unless it has one).
+    let presets: Vec<&str> = config
+        .extensions
+        .iter()
+        .filter(|e| e.permissions.is_some())
+        .map(|e| e.name.as_str())
+        .collect();
+    let default_preset = presets.contains(&"custom");
+    let create_required = if default_preset {
+        json!({ "required": ["name"] })
+    } else if presets.is_empty() {
+        json!({ "required": ["name", "permissions"] })
+    } else {
+        json!({ "required": ["name"], "anyOf": [
+            { "type": "object", "required": ["permissions"] },
+            { "type": "object", "required": ["extension"], "properties": { "extension": { "enum": presets } } },
+        ] })
+    };
     let year = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .year();
@@ -381,9 +418,8 @@ fn schemas(config: &Config) -> Value {
             "required": token_key_required, "properties": token_key,
         },
         "TokenList": { "type": "array", "items": schema_ref("Token") },
-        "TokenCreate": {
+        "TokenCreate": merge(create_required, json!({
             "type": "object", "additionalProperties": false,
-            "required": ["name"],
             "description": "Give expires_at or expires_in, not both; neither = perpetual. permissions may be left out only for an extension with preset permissions (which it then takes).",
             "not": one_expiry.clone(),
             "properties": {
@@ -398,7 +434,7 @@ fn schemas(config: &Config) -> Value {
                 "quota": nullable(quota_schema()),
                 "allowed_ips": allowed_ips.clone(),
             },
-        },
+        })),
         "TokenPatch": {
             "type": "object", "additionalProperties": false,
             "description": "Only the fields given change. external_id null clears it; expires_at null makes the token perpetual. Not both expires_at and expires_in.",
