@@ -6,7 +6,9 @@
 //! The request path on the proxy listener is `gateway.rs` (its phases call into
 //! `routes`, `auth`, `proxy` and `logging`); the admin listener is `admin/`. Both take
 //! the state of `state.rs`; the modules they call never take it back, so the module
-//! graph has no cycle. Public modules are what `main.rs`, the tests and the benches use.
+//! graph has no cycle (`tests/architecture.rs` checks it; the README's code map lists
+//! the modules in dependency order). Public modules are what `main.rs`, the tests and
+//! the benches use.
 
 pub mod admin;
 pub mod auth;

@@ -1,9 +1,10 @@
 //! The state every request shares, and what one configuration generation derives.
 //!
 //! This module only holds state; it calls nothing that calls back into it. The request
-//! paths (`gateway`, `admin`), the reload handle, the statistics flusher and the store
-//! sync task borrow what they use from here (the last two take their parts, not
-//! [`Shared`]), so the module graph has no cycle.
+//! paths (`gateway`, `admin`) and the reload handle borrow what they use from here;
+//! the statistics flusher, the store sync task and the event tasks (expiry scanner,
+//! webhook worker: `events::Tasks`) take their parts, not [`Shared`], so the module
+//! graph has no cycle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
