@@ -398,63 +398,21 @@ impl Conn {
         loop {
             // Awake: a head starting now must wake us again (see `Activity::on_read`).
             act.wake_at.store(NONE, Ordering::SeqCst);
-            let next = match act.verdict(hrt, idle) {
-                Verdict::HeadTimeout => {
-                    // Dropping the connection closes the socket; no answer is owed to a
-                    // client that has not finished asking.
-                    tracing::debug!(
-                        "request head not complete within header_read_timeout; closing"
-                    );
-                    return;
-                }
-                Verdict::Idle => match closing {
-                    None => {
-                        tracing::debug!("idle_timeout passed; closing");
-                        conn.as_mut().graceful_shutdown();
-                        // A peer that ignores GOAWAY is cut after one more head timeout.
-                        let until = Instant::now() + hrt;
-                        closing = Some(until);
-                        until
-                    }
-                    Some(until) if Instant::now() >= until => return,
-                    Some(until) => until,
-                },
-                Verdict::Wait(at) => at,
+            let shutdown = || conn.as_mut().graceful_shutdown();
+            let Some(next) = next_look(&act, hrt, idle, &mut closing, shutdown) else {
+                return;
             };
             act.wake_at.store(act.ms_at(next), Ordering::SeqCst);
-            let event = {
-                let wake = act.wake.notified();
-                let sleep = tokio::time::sleep_until(next);
-                let reclaim = self.reclaim.notified();
-                let phase = self.phase.changed();
-                tokio::pin!(wake, sleep, reclaim, phase);
-                // New signal futures: poll each once so that they are registered.
-                control.woken.store(true, Ordering::Release);
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                        return Poll::Ready(Event::Ended(r.err()));
-                    }
-                    control.task.register(cx.waker());
-                    if !control.woken.swap(false, Ordering::AcqRel) {
-                        return Poll::Pending;
-                    }
-                    let mut ccx = Context::from_waker(&control_waker);
-                    if wake.as_mut().poll(&mut ccx).is_ready() {
-                        return Poll::Ready(Event::Recheck);
-                    }
-                    if sleep.as_mut().poll(&mut ccx).is_ready() {
-                        return Poll::Ready(Event::Recheck);
-                    }
-                    if reclaim.as_mut().poll(&mut ccx).is_ready() {
-                        return Poll::Ready(Event::Reclaim);
-                    }
-                    if let Poll::Ready(r) = phase.as_mut().poll(&mut ccx) {
-                        return Poll::Ready(Event::Phase(r.is_err()));
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
+            let event = next_event(
+                conn.as_mut(),
+                &act,
+                next,
+                &self.reclaim,
+                &mut self.phase,
+                &control,
+                &control_waker,
+            )
+            .await;
             match event {
                 Event::Ended(e) => {
                     if let Some(e) = e {
@@ -483,6 +441,88 @@ impl Conn {
             }
         }
     }
+}
+
+/// When the watchdog looks again; `None`: close the connection now (a request head
+/// past `header_read_timeout`, or an idle connection still open after its grace). An
+/// idle connection is first told to close (`shutdown`), with one head timeout of grace.
+fn next_look(
+    act: &Activity,
+    hrt: Duration,
+    idle: Duration,
+    closing: &mut Option<Instant>,
+    shutdown: impl FnOnce(),
+) -> Option<Instant> {
+    match act.verdict(hrt, idle) {
+        Verdict::HeadTimeout => {
+            // Dropping the connection closes the socket; no answer is owed to a client
+            // that has not finished asking.
+            tracing::debug!("request head not complete within header_read_timeout; closing");
+            None
+        }
+        Verdict::Idle => match *closing {
+            None => {
+                tracing::debug!("idle_timeout passed; closing");
+                shutdown();
+                // A peer that ignores GOAWAY is cut after one more head timeout.
+                let until = Instant::now() + hrt;
+                *closing = Some(until);
+                Some(until)
+            }
+            Some(until) if Instant::now() >= until => None,
+            Some(until) => Some(until),
+        },
+        Verdict::Wait(at) => Some(at),
+    }
+}
+
+/// Waits for the connection to end or for one of the watchdog's signals: the
+/// activity wake-up, the deadline `next`, a reclaim request or a phase change. The
+/// signals are polled only when one of them woke the task (`control`), not on every
+/// wake-up of the connection.
+async fn next_event<C, E>(
+    mut conn: Pin<&mut C>,
+    act: &Activity,
+    next: Instant,
+    reclaim: &Notify,
+    phase: &mut watch::Receiver<Phase>,
+    control: &ControlWake,
+    control_waker: &Waker,
+) -> Event<E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let wake = act.wake.notified();
+    let sleep = tokio::time::sleep_until(next);
+    let reclaim = reclaim.notified();
+    let phase = phase.changed();
+    tokio::pin!(wake, sleep, reclaim, phase);
+    // New signal futures: poll each once so that they are registered.
+    control.woken.store(true, Ordering::Release);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Event::Ended(r.err()));
+        }
+        control.task.register(cx.waker());
+        if !control.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut ccx = Context::from_waker(control_waker);
+        if wake.as_mut().poll(&mut ccx).is_ready() {
+            return Poll::Ready(Event::Recheck);
+        }
+        if sleep.as_mut().poll(&mut ccx).is_ready() {
+            return Poll::Ready(Event::Recheck);
+        }
+        if reclaim.as_mut().poll(&mut ccx).is_ready() {
+            return Poll::Ready(Event::Reclaim);
+        }
+        if let Poll::Ready(r) = phase.as_mut().poll(&mut ccx) {
+            return Poll::Ready(Event::Phase(r.is_err()));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// What ended one wait of [`Conn::run`].
