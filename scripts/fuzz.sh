@@ -19,13 +19,18 @@ TARGETS=("$@")
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-cargo build --release --quiet --target-dir target ${TARGETS[@]/#/--bin }
+# --target: without it RUSTFLAGS would also instrument build scripts and proc macros,
+# which then fail to link (no libFuzzer runtime there); cargo-fuzz does the same.
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+# The same dependency versions as keygate's own build (fuzz/Cargo.lock is not kept).
+[ -e Cargo.lock ] || cp ../Cargo.lock Cargo.lock
+cargo build --release --quiet --target "$HOST" --target-dir target ${TARGETS[@]/#/--bin }
 mkdir -p artifacts
 for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t"
   before=$(ls "corpus/$t" | wc -l)
   log=$(mktemp)
-  if ! ./target/release/"$t" "corpus/$t" -max_total_time="$SECS" -max_len=4096 \
+  if ! ./target/"$HOST"/release/"$t" "corpus/$t" -max_total_time="$SECS" -max_len=4096 \
       -artifact_prefix="artifacts/$t-" -print_final_stats=1 >"$log" 2>&1; then
     tail -30 "$log"; echo "fuzz $t: CRASH (see fuzz/artifacts/)"; exit 1
   fi
