@@ -717,6 +717,14 @@ async fn document_is_as_strict_as_the_server() {
             json!({"expires_in": "1001y"}),
             json!({"expires_in": "1000y"}),
         ),
+        (
+            json!({"allowed_ips": [""]}),
+            json!({"allowed_ips": ["10.0.0.0/8", "::1", "2001:db8::/32"]}),
+        ),
+        (
+            json!({"allowed_ips": ["10.0.0.0/x"]}),
+            json!({"allowed_ips": ["192.0.2.7"]}),
+        ),
     ] {
         let (bad, good) = (create(bad), create(good));
         assert!(
@@ -732,6 +740,14 @@ async fn document_is_as_strict_as_the_server() {
         let a = admin_call(&gw, Method::POST, "/v1/tokens", k, &good.to_string()).await;
         assert_eq!(a.status, 201, "server refuses {good}: {}", a.text());
     }
+    // null for a policy field on create means "none", as on PATCH.
+    let nulls = create(json!({"rate_limits": null, "allowed_ips": null, "quota": null}));
+    assert!(
+        schema_ok("/v1/tokens", "post", &nulls),
+        "schema refuses {nulls}"
+    );
+    let a = admin_call(&gw, Method::POST, "/v1/tokens", k, &nulls.to_string()).await;
+    assert_eq!(a.status, 201, "server refuses {nulls}: {}", a.text());
     let (id, _) = gw.token(&["agreements"]).await;
     let rotate = format!("/v1/tokens/{id}/rotate");
     for (grace, ok) in [

@@ -394,7 +394,10 @@ fn schemas(config: &Config) -> Value {
         "description": "A duration such as 7d, 30d, 90d, 1y, 12h: from 1s to 1000y." });
     let max_grace = u64::try_from(MAX_GRACE.as_millis()).unwrap_or(u64::MAX);
     let rate_limits = json!({ "type": "array", "maxItems": 4, "items": schema_ref("RateLimit") });
+    // The pattern admits every spelling cidr::Cidr::parse takes (and some it refuses:
+    // "1.2", host bits below the prefix); the server's 400 names the entry.
     let allowed_ips = json!({ "type": "array", "maxItems": 64, "items": { "type": "string",
+        "minLength": 2, "pattern": "^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
         "description": "An IPv4/IPv6 address or CIDR block without host bits below the prefix." } });
     json!({
         "Error": {
@@ -430,9 +433,9 @@ fn schemas(config: &Config) -> Value {
                 "permissions": permissions.clone(),
                 "expires_at": nullable(expires_at.clone()),
                 "expires_in": expires_in.clone(),
-                "rate_limits": rate_limits.clone(),
+                "rate_limits": nullable(rate_limits.clone()),
                 "quota": nullable(quota_schema()),
-                "allowed_ips": allowed_ips.clone(),
+                "allowed_ips": nullable(allowed_ips.clone()),
             },
         })),
         "TokenPatch": {
