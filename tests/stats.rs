@@ -353,6 +353,10 @@ async fn dead_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// Waits until every count taken so far is in the store. `unflushed()` is 0 as soon as
+/// a flush has taken the counts, before its write has landed (a test reading the store
+/// then failed ~1 run in 20); one more flush waits on the flush lock for the one under
+/// way, so the counts have landed when it returns.
 async fn flushed(gw: &TestGateway) {
     let shared = Arc::clone(&gw.shared);
     assert!(
@@ -361,6 +365,7 @@ async fn flushed(gw: &TestGateway) {
         .await,
         "counts were not flushed"
     );
+    shared.stats.flush(&shared.store).await.expect("flush");
 }
 
 fn agreements(up: &TestUpstream, extra: &str) -> String {
