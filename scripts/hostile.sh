@@ -33,22 +33,7 @@ BIN=${KEYGATE_BIN:-./target/release/keygate}
 work_dir keygate-hostile
 UP=$(free_port); BUP=$(free_port); KG=$(free_port); KGA=$(free_port)
 
-mkdir -p "$WORK/up"
-cat > "$WORK/up/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log $WORK/up/access.log;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP;
-    location / { return 200 "ok\n"; }
-  }
-}
-CONF
+fixed_upstream_conf "$UP" "$WORK/up/access.log" 8192
 spawn "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
 spawn python3 scripts/body_upstream.py "$BUP" "$WORK/body-upstream.log"
 

@@ -52,6 +52,28 @@ work_dir() {
   trap cleanup EXIT
 }
 
+# fixed_upstream_conf PORT ACCESS_LOG CONNECTIONS: writes $WORK/up/nginx.conf, one nginx
+# worker answering 200 "ok" on 127.0.0.1:PORT (ACCESS_LOG: off, or a file to see what
+# reached it). Start it with: spawn "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up".
+fixed_upstream_conf() {
+  mkdir -p "$WORK/up"
+  cat > "$WORK/up/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections $3; }
+http {
+  access_log $2;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$1;
+    location / { return 200 "ok\n"; }
+  }
+}
+CONF
+}
+
 # spawn CMD ARGS...: runs CMD in the background (redirect the call to log it); its PID
 # is in $! and is stopped by cleanup. Use `env VAR=x cmd` for an environment.
 spawn() {

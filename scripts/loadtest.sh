@@ -56,22 +56,7 @@ work_dir keygate-load
 UP=$(free_port); KG=$(free_port); KGA=$(free_port); NG=$(free_port); BP=$(free_port)
 
 # --- upstream: nginx, one worker, fixed answer.
-mkdir -p "$WORK/up"
-cat > "$WORK/up/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP;
-    location / { return 200 "ok\n"; }
-  }
-}
-CONF
+fixed_upstream_conf "$UP" off 4096
 spawn "${PIN_REST[@]}" "$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
 
 # --- keygate.

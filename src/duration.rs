@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use crate::error::shown;
 
-/// Longest duration accepted: 1000 years.
-pub const MAX: Duration = Duration::from_secs(1000 * 365 * 86_400);
+/// Longest duration accepted, in milliseconds: 1000 years.
+pub const MAX_MS: u64 = 1000 * 365 * 86_400_000;
 
-/// The units and their length in milliseconds.
-const UNITS: [(&str, u64); 7] = [
+/// Longest duration accepted: 1000 years.
+pub const MAX: Duration = Duration::from_millis(MAX_MS);
+
+/// The units and their length in milliseconds (the OpenAPI patterns are built from
+/// them too).
+pub const UNITS: [(&str, u64); 7] = [
     ("ms", 1),
     ("s", 1_000),
     ("m", 60_000),

@@ -355,8 +355,8 @@ async fn dead_port() -> u16 {
 
 /// Waits until every count taken so far is in the store. `unflushed()` is 0 as soon as
 /// a flush has taken the counts, before its write has landed (a test reading the store
-/// then failed once in a full-suite run); one more flush waits on the flush lock for the one under
-/// way, so the counts have landed when it returns.
+/// then failed once in a full-suite run); one more flush waits on the flush lock for
+/// the one under way, so the counts have landed when it returns.
 async fn flushed(gw: &TestGateway) {
     let shared = Arc::clone(&gw.shared);
     assert!(

@@ -16,23 +16,12 @@ use serde_json::{Value, json};
 
 use super::tokens::{DEFAULT_LIMIT, MAX_GRACE, MAX_LIMIT, MAX_OFFSET, MAX_SEARCH_CHARS};
 use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
+use crate::duration::{MAX_MS, UNITS};
 use crate::policy::{MAX_LIMIT_REQUESTS, MAX_QUOTA_REQUESTS};
 use crate::tokens::{MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS, MIN_EXPIRES_IN};
 
 /// `SU-ddd-ddd-ddd`.
 const ID_PATTERN: &str = "^SU-[0-9]{3}-[0-9]{3}-[0-9]{3}$";
-/// Longest duration the parser accepts, in milliseconds (1000 years).
-const MAX_DURATION_MS: u64 = 1000 * 365 * 86_400_000;
-/// Duration units and their length in milliseconds.
-const UNITS: [(&str, u64); 7] = [
-    ("ms", 1),
-    ("s", 1_000),
-    ("m", 60_000),
-    ("h", 3_600_000),
-    ("d", 86_400_000),
-    ("w", 7 * 86_400_000),
-    ("y", 365 * 86_400_000),
-];
 
 /// The document for `config`, serialised.
 pub fn document_bytes(config: &Config) -> Bytes {
@@ -390,7 +379,7 @@ fn schemas(config: &Config) -> Value {
     // expires_at and expires_in together (even one of them null) answer 400.
     let one_expiry = json!({ "type": "object", "required": ["expires_at", "expires_in"] });
     let min_in = u64::try_from(MIN_EXPIRES_IN.as_millis()).unwrap_or(1000);
-    let expires_in = json!({ "type": "string", "pattern": duration_pattern(min_in, MAX_DURATION_MS),
+    let expires_in = json!({ "type": "string", "pattern": duration_pattern(min_in, MAX_MS),
         "description": "A duration such as 7d, 30d, 90d, 1y, 12h: from 1s to 1000y." });
     let max_grace = u64::try_from(MAX_GRACE.as_millis()).unwrap_or(u64::MAX);
     let rate_limits = json!({ "type": "array", "maxItems": 4, "items": schema_ref("RateLimit") });
@@ -725,8 +714,7 @@ mod tests {
     /// The patterns accept exactly what the server accepts (#14 item 7).
     #[test]
     fn duration_patterns_match_the_server_exactly() {
-        let expires_in =
-            regex::Regex::new(&duration_pattern(1000, MAX_DURATION_MS)).expect("regex");
+        let expires_in = regex::Regex::new(&duration_pattern(1000, MAX_MS)).expect("regex");
         let grace = regex::Regex::new(&duration_pattern(0, 7 * 86_400_000)).expect("regex");
         let mut cases: Vec<String> = Vec::new();
         for n in [
