@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue};
 use jiff::Timestamp;
 
 use crate::config::Config;
@@ -40,6 +40,19 @@ pub fn presented(headers: &HeaderMap) -> Result<Presented<'_>, MultipleAuthoriza
         return Err(MultipleAuthorization);
     }
     Ok(parse(value.as_bytes()))
+}
+
+/// [`presented`] from what a [`Scan`](crate::headers::Scan) of the headers found: the
+/// number of `Authorization` lines and the first one's value (no lookup).
+pub fn presented_in(
+    lines: u8,
+    first: Option<&HeaderValue>,
+) -> Result<Presented<'_>, MultipleAuthorization> {
+    match (lines, first) {
+        (0, _) | (_, None) => Ok(Presented::Missing),
+        (1, Some(value)) => Ok(parse(value.as_bytes())),
+        _ => Err(MultipleAuthorization),
+    }
 }
 
 /// Parses one header value: scheme `ApiKey` (any case), one or more spaces, `<id>:<secret>`.
@@ -79,7 +92,17 @@ pub async fn authenticate(
     store: &Store,
     config: &Config,
 ) -> Result<Arc<AuthEntry>, ApiError> {
-    let (id, hash) = match presented(headers) {
+    authenticate_presented(presented(headers), cache, store, config).await
+}
+
+/// [`authenticate`] with the credential already read ([`presented`], [`presented_in`]).
+pub async fn authenticate_presented(
+    presented: Result<Presented<'_>, MultipleAuthorization>,
+    cache: &TokenCache,
+    store: &Store,
+    config: &Config,
+) -> Result<Arc<AuthEntry>, ApiError> {
+    let (id, hash) = match presented {
         Err(MultipleAuthorization) => {
             return Err(ApiError::Malformed(
                 "more than one Authorization header".into(),
@@ -114,7 +137,6 @@ pub fn check_usable(entry: &AuthEntry, now_unix: i64) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     const GOOD: &str = "SU-160-984-311:f45bee7e79b10ff6eff67902ccb4f3d46724ceb8";
 
@@ -175,6 +197,28 @@ mod tests {
         assert!(matches!(presented(&h), Ok(Presented::Credential(_))));
         h.append(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert_eq!(presented(&h).err(), Some(MultipleAuthorization));
+    }
+
+    #[test]
+    fn presented_in_a_scan_reads_as_presented() {
+        let mut h = HeaderMap::new();
+        let same = |h: &HeaderMap| {
+            let a = presented(h).map(|p| format!("{p:?}"));
+            let scan = crate::headers::scan(h);
+            let b = presented_in(scan.authorizations, scan.authorization).map(|p| format!("{p:?}"));
+            assert_eq!(a, b);
+        };
+        same(&h);
+        h.append(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("ApiKey {GOOD}")).unwrap(),
+        );
+        same(&h);
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        same(&h);
+        let mut other = HeaderMap::new();
+        other.append(AUTHORIZATION, HeaderValue::from_static("ApiKey x"));
+        same(&other);
     }
 
     proptest::proptest! {

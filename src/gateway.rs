@@ -15,22 +15,31 @@ use jiff::Timestamp;
 
 use crate::auth;
 use crate::error::ApiError;
-use crate::headers;
+use crate::headers::{self, Scan};
 use crate::logging::{Exchange, Finished, Line};
 use crate::metrics::Class;
 use crate::policy::{self, Access, Admission, Refusal};
 use crate::proxy::{self, Peer, ResBody};
-use crate::routes;
+use crate::routes::{self, NormalPath};
 use crate::server::ConnInfo;
 use crate::state::{Runtime, Shared};
 use crate::store::AuthEntry;
 use crate::token::TokenId;
 
+/// What the phases take from the request head's [`headers::scan`], made in `handle`
+/// (the request is moved into the phases, so the scan's borrow cannot go with it).
+struct Head {
+    /// Counts and presence bits.
+    scan: Scan<'static>,
+    /// The first `Authorization` value (a reference-counted clone).
+    authorization: Option<HeaderValue>,
+}
+
 /// What the phases learn about a request that `logging` needs, whatever the outcome.
 #[derive(Default)]
 struct Ctx {
     /// The normalised path (request_filter).
-    path: Option<String>,
+    path: Option<NormalPath>,
     /// The module the path maps to (request_filter).
     module: Option<usize>,
     /// The token that presented its correct secret (authenticate).
@@ -46,10 +55,21 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Response<ResBody> {
-    let exchange = Exchange::begin(req.method(), req.headers(), &shared.request_ids);
+    // One pass over the header names answers every "is there a …" of the phases.
+    let scan = headers::scan(req.headers());
+    let client_id = if scan.request_ids == 1 {
+        headers::client_request_id(req.headers())
+    } else {
+        None
+    };
+    let exchange = Exchange::begin_with(req.method(), client_id, &shared.request_ids);
     let rt = shared.runtime.load_full();
     let mut ctx = Ctx::default();
-    let result = proxy_request(&shared, &rt, &mut ctx, &exchange, req, &conn).await;
+    let head = Head {
+        scan: scan.flags(),
+        authorization: scan.authorization.cloned(),
+    };
+    let result = proxy_request(&shared, &rt, &mut ctx, &exchange, req, head, &conn).await;
     logging(&shared, &rt, &ctx, exchange, result)
 }
 
@@ -60,15 +80,24 @@ async fn proxy_request(
     ctx: &mut Ctx,
     exchange: &Exchange,
     req: Request<Incoming>,
+    head: Head,
     conn: &ConnInfo,
 ) -> Result<Response<ResBody>, ApiError> {
-    let path: &str = ctx
+    let scan = head.scan;
+    let path = ctx
         .path
-        .insert(request_filter(&req, rt.config.proxy.max_header_bytes)?);
+        .insert(request_filter(
+            &req,
+            &scan,
+            rt.config.proxy.max_header_bytes,
+        )?)
+        .as_str();
     // Looked up before authenticating only to label the metrics of auth failures; the
     // order of the checks (SPEC §2) is upstream_peer's.
     ctx.module = rt.routes.lookup(path);
-    let entry = auth::authenticate(req.headers(), &shared.cache, &shared.store, &rt.config).await?;
+    let presented = auth::presented_in(scan.authorizations, head.authorization.as_ref());
+    let entry =
+        auth::authenticate_presented(presented, &shared.cache, &shared.store, &rt.config).await?;
     ctx.token = Some(entry.id);
     auth::check_usable(&entry, Timestamp::now().as_second())?;
     let peer = upstream_peer(
@@ -84,6 +113,7 @@ async fn proxy_request(
     let version = req.version();
     let upstream_req = proxy::upstream_request_filter(
         req,
+        scan,
         path,
         &peer,
         &entry,
@@ -96,8 +126,13 @@ async fn proxy_request(
 }
 
 /// Rejects heads over `max_header_bytes` (SPEC §2 row 0) and targets that are not
-/// origin-form, and returns the normalised path (check 1).
-fn request_filter(req: &Request<Incoming>, max_header_bytes: usize) -> Result<String, ApiError> {
+/// origin-form, and returns the normalised path (check 1). `scan` is
+/// [`headers::scan`] of the request's headers.
+fn request_filter(
+    req: &Request<Incoming>,
+    scan: &Scan<'_>,
+    max_header_bytes: usize,
+) -> Result<NormalPath, ApiError> {
     if headers::head_size(req) > max_header_bytes {
         return Err(ApiError::HeadersTooLarge(max_header_bytes));
     }
@@ -114,20 +149,17 @@ fn request_filter(req: &Request<Incoming>, max_header_bytes: usize) -> Result<St
     // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, is a 400
     // (two Hosts are a classic way to make a proxy and an upstream disagree).
     if req.version() == Version::HTTP_11 {
-        let mut hosts = req.headers().get_all(http::header::HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(_), None) => {}
-            (None, _) => {
+        match scan.hosts {
+            1 => {}
+            0 => {
                 return Err(ApiError::Malformed(
                     "an HTTP/1.1 request needs a Host header".into(),
                 ));
             }
-            (Some(_), Some(_)) => {
-                return Err(ApiError::Malformed("more than one Host header".into()));
-            }
+            _ => return Err(ApiError::Malformed("more than one Host header".into())),
         }
     }
-    routes::normalize_path(uri.path()).map_err(|e| ApiError::Malformed(e.to_string()))
+    routes::normalize_target(uri).map_err(|e| ApiError::Malformed(e.to_string()))
 }
 
 /// Chooses the upstream for an authenticated token, in the order of SPEC §2: the
@@ -247,7 +279,7 @@ fn logging(
                 .and_then(|i| rt.config.modules.get(i))
                 .map_or("none", |m| m.name.as_str()),
         ),
-        path: ctx.path.as_deref(),
+        path: ctx.path.as_ref().map(NormalPath::as_str),
     };
     let Finished {
         mut response,

@@ -46,9 +46,19 @@ pub struct Finished<B> {
 impl Exchange {
     /// Starts the clock; the request id is the client's when sane, else a new one.
     pub fn begin(method: &Method, headers: &HeaderMap, ids: &RequestIds) -> Exchange {
+        Exchange::begin_with(method, headers::client_request_id(headers), ids)
+    }
+
+    /// [`Exchange::begin`] with the client's sane request id already looked for
+    /// ([`headers::client_request_id`]; not looked up when a scan found none).
+    pub fn begin_with(
+        method: &Method,
+        client_id: Option<HeaderValue>,
+        ids: &RequestIds,
+    ) -> Exchange {
         Exchange {
             started: Instant::now(),
-            request_id: headers::client_request_id(headers).unwrap_or_else(|| ids.next()),
+            request_id: client_id.unwrap_or_else(|| ids.next()),
             method: method.clone(),
         }
     }

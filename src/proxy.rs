@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -19,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::{Config, Module};
 use crate::error::{ApiError, UpstreamFailure, error_chain};
 use crate::headers::{
-    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_KEYGATE_EXTENSION,
+    self, Scan, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_KEYGATE_EXTENSION,
     X_KEYGATE_EXTERNAL_ID, X_KEYGATE_MODULE, X_KEYGATE_TOKEN_ID, X_REQUEST_ID,
 };
 use crate::server::ConnInfo;
@@ -93,8 +94,11 @@ pub struct Peer<'a> {
 /// early when the declared body is too large, the normalised path with the query as
 /// sent, the module's upstream as the target, HTTP/1.1, the header policy of
 /// [`filter_request_headers`], and the body wrapped to stop at `max_body_bytes`.
+/// `scan` is [`headers::scan`] of the request's headers.
+#[allow(clippy::too_many_arguments)]
 pub fn upstream_request_filter(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    scan: Scan<'static>,
     path: &str,
     peer: &Peer<'_>,
     entry: &AuthEntry,
@@ -103,29 +107,20 @@ pub fn upstream_request_filter(
     body_read_timeout: Duration,
 ) -> Result<Request<LimitedBody>, ApiError> {
     let module = peer.module;
-    let (mut parts, body) = req.into_parts();
-    check_declared_length(&parts.headers, module.max_body_bytes)?;
-    // What the client called us by, before headers are rewritten: on HTTP/2
-    // `:authority`, which takes precedence over a Host header (RFC 9113 §8.3.1).
-    let authority = || {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    };
-    let client_host = if parts.version == Version::HTTP_2 {
-        authority().or_else(|| parts.headers.get(HOST).cloned())
-    } else {
-        parts.headers.get(HOST).cloned().or_else(authority)
-    };
-    parts.uri = upstream_uri(std::mem::take(&mut parts.uri), path)?;
+    if scan.content_length {
+        check_declared_length(req.headers(), module.max_body_bytes)?;
+    }
+    let uri = std::mem::take(req.uri_mut());
     // The pool speaks HTTP/1.1 upstream whatever the client spoke.
-    parts.version = Version::HTTP_11;
+    let version = std::mem::replace(req.version_mut(), Version::HTTP_11);
     let policy = HeaderPolicy {
         forward_authorization: module.forward_authorization,
         preserve_host: module.preserve_host,
         upstream_host: &module.upstream.host_header,
-        client_host,
+        // What the client called us by: on HTTP/2 `:authority`, which takes precedence
+        // over a Host header (RFC 9113 §8.3.1).
+        authority: uri.authority(),
+        authority_first: version == Version::HTTP_2,
         request_id,
         token_id: token_id_header(entry),
         extension: peer.extension_name,
@@ -134,16 +129,16 @@ pub fn upstream_request_filter(
         client_ip: &conn.remote_ip,
         tls: conn.tls,
     };
-    filter_request_headers(&mut parts.headers, policy);
-    let body = LimitedBody {
+    filter_request_headers(req.headers_mut(), scan, policy);
+    *req.uri_mut() = upstream_uri(uri, path)?;
+    Ok(req.map(|body| LimitedBody {
         inner: body,
         remaining: module.max_body_bytes,
         watch: Arc::new(BodyWatch::new()),
         read_timeout: body_read_timeout,
         stall: None,
         waiting: false,
-    };
-    Ok(Request::from_parts(parts, body))
+    }))
 }
 
 /// 413 when `Content-Length` already says the body is over `max`; 400 when it is not
@@ -190,8 +185,10 @@ pub struct HeaderPolicy<'a> {
     pub preserve_host: bool,
     /// The upstream's `Host`.
     pub upstream_host: &'a HeaderValue,
-    /// What the client called us by (`Host`, or the HTTP/2 authority).
-    pub client_host: Option<HeaderValue>,
+    /// The request target's authority (HTTP/2 `:authority`; absent in origin form).
+    pub authority: Option<&'a Authority>,
+    /// Whether the authority names the client's host before `Host` does (HTTP/2).
+    pub authority_first: bool,
     /// `X-Request-Id`.
     pub request_id: &'a HeaderValue,
     /// `X-Keygate-Token-Id`.
@@ -209,11 +206,20 @@ pub struct HeaderPolicy<'a> {
 }
 
 /// The request header policy of SPEC §2: hop-by-hop and `x-keygate-*` headers out,
-/// `Authorization` out unless forwarded, then keygate's own headers in.
-pub fn filter_request_headers(h: &mut http::HeaderMap, p: HeaderPolicy<'_>) {
-    headers::strip_hop_by_hop(h);
-    headers::strip_keygate(h);
-    if !p.forward_authorization {
+/// `Authorization` out unless forwarded, then keygate's own headers in. `scan` (of `h`,
+/// [`headers::scan`]) says which rules have work: a request without hop-by-hop,
+/// `x-keygate-*` or `X-Forwarded-*` headers costs only the inserts.
+pub fn filter_request_headers(h: &mut http::HeaderMap, scan: Scan<'_>, p: HeaderPolicy<'_>) {
+    // The client's Host as sent, even when a `Connection` line names it.
+    let mut named_host = None;
+    if scan.hop_by_hop {
+        named_host = h.get(HOST).cloned();
+        headers::strip_hop_by_hop(h);
+    }
+    if scan.keygate {
+        headers::strip_keygate(h);
+    }
+    if !p.forward_authorization && scan.authorizations > 0 {
         h.remove(AUTHORIZATION);
     }
     // After the hop-by-hop strip, so `Connection: x-request-id` cannot remove it.
@@ -224,20 +230,41 @@ pub fn filter_request_headers(h: &mut http::HeaderMap, p: HeaderPolicy<'_>) {
     if let Some(v) = p.external_id.and_then(|e| HeaderValue::from_str(e).ok()) {
         h.insert(X_KEYGATE_EXTERNAL_ID, v);
     }
-    append_forwarded_for(h, p.client_ip);
+    if scan.forwarded_for && h.contains_key(X_FORWARDED_FOR) {
+        append_forwarded_for(h, p.client_ip);
+    } else {
+        // The common case: no proxy in front; the per-connection value, no allocation.
+        h.insert(X_FORWARDED_FOR, p.client_ip.clone());
+    }
     h.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if p.tls { "https" } else { "http" }),
     );
-    match &p.client_host {
-        Some(host) => h.insert(X_FORWARDED_HOST, host.clone()),
-        None => h.remove(X_FORWARDED_HOST),
+    // The upstream's Host goes in first: what it replaces is the client's (one lookup
+    // for both).
+    let sent_host = h.insert(HOST, p.upstream_host.clone()).or(named_host);
+    let authority = || {
+        p.authority
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     };
-    let host = match p.client_host {
-        Some(client) if p.preserve_host => client,
-        _ => p.upstream_host.clone(),
+    let client_host = if p.authority_first {
+        authority().or(sent_host)
+    } else {
+        sent_host.or_else(authority)
     };
-    h.insert(HOST, host);
+    match client_host {
+        Some(host) => {
+            if p.preserve_host {
+                h.insert(HOST, host.clone());
+            }
+            h.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            if scan.forwarded_host {
+                h.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
 }
 
 /// Sends the request to the module's upstream and waits for its response head. The
@@ -334,11 +361,6 @@ fn token_id_header(entry: &AuthEntry) -> HeaderValue {
 
 /// Appends the client address to `X-Forwarded-For` (joining earlier lines).
 fn append_forwarded_for(h: &mut http::HeaderMap, client_ip: &HeaderValue) {
-    if !h.contains_key(X_FORWARDED_FOR) {
-        // The common case: no proxy in front; the per-connection value, no allocation.
-        h.insert(X_FORWARDED_FOR, client_ip.clone());
-        return;
-    }
     let mut joined = String::new();
     for v in h.get_all(X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -575,15 +597,17 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let client_host = h.get(HOST).cloned();
+        let scan = headers::scan(&h).flags();
         let v = HeaderValue::from_static;
         filter_request_headers(
             &mut h,
+            scan,
             HeaderPolicy {
                 forward_authorization: c.forward_authorization,
                 preserve_host: c.preserve_host,
                 upstream_host: &v("up:7001"),
-                client_host,
+                authority: None,
+                authority_first: false,
                 request_id: &v("rid-1"),
                 token_id: v("SU-000-000-001"),
                 extension: &v("zapier"),
@@ -662,6 +686,22 @@ mod tests {
                 ],
                 plain,
                 added(&[("te", "trailers")]),
+            ),
+            // A Connection line naming Host, X-Forwarded-For and Authorization: the
+            // client's Host is still what it called us by (X-Forwarded-Host, and Host
+            // when preserved); its X-Forwarded-For goes as hop-by-hop.
+            (
+                &[
+                    ("host", "gw"),
+                    ("connection", "host, x-forwarded-for, authorization"),
+                    ("x-forwarded-for", "10.0.0.1"),
+                    ("authorization", "ApiKey x:y"),
+                ],
+                Case {
+                    preserve_host: true,
+                    ..plain
+                },
+                added(&[("host", "gw")]),
             ),
             // The client's request id is replaced by the one chosen for the request.
             (
