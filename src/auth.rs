@@ -92,15 +92,18 @@ pub async fn authenticate(
     store: &Store,
     config: &Config,
 ) -> Result<Arc<AuthEntry>, ApiError> {
-    authenticate_presented(presented(headers), cache, store, config).await
+    let now = Timestamp::now().as_second();
+    authenticate_presented(presented(headers), cache, store, config, now).await
 }
 
-/// [`authenticate`] with the credential already read ([`presented`], [`presented_in`]).
+/// [`authenticate`] with the credential already read ([`presented`], [`presented_in`])
+/// and the clock already read (`now_unix`, also what [`check_usable`] is given).
 pub async fn authenticate_presented(
     presented: Result<Presented<'_>, MultipleAuthorization>,
     cache: &TokenCache,
     store: &Store,
     config: &Config,
+    now_unix: i64,
 ) -> Result<Arc<AuthEntry>, ApiError> {
     let (id, hash) = match presented {
         Err(MultipleAuthorization) => {
@@ -117,7 +120,7 @@ pub async fn authenticate_presented(
         Lookup::Unknown => return Err(ApiError::AuthInvalid),
         Lookup::Unavailable => return Err(ApiError::StoreUnavailable),
     };
-    if !entry.verify(&hash, Timestamp::now().as_second()) {
+    if !entry.verify(&hash, now_unix) {
         return Err(ApiError::AuthInvalid);
     }
     Ok(entry)

@@ -96,10 +96,12 @@ async fn proxy_request(
     // order of the checks (SPEC §2) is upstream_peer's.
     ctx.module = rt.routes.lookup(path);
     let presented = auth::presented_in(scan.authorizations, head.authorization.as_ref());
-    let entry =
-        auth::authenticate_presented(presented, &shared.cache, &shared.store, &rt.config).await?;
+    // One clock read for the grace period of a previous secret and the expiry.
+    let now = Timestamp::now().as_second();
+    let (cache, store) = (&shared.cache, &shared.store);
+    let entry = auth::authenticate_presented(presented, cache, store, &rt.config, now).await?;
     ctx.token = Some(entry.id);
-    auth::check_usable(&entry, Timestamp::now().as_second())?;
+    auth::check_usable(&entry, now)?;
     let peer = upstream_peer(
         shared,
         rt,
