@@ -241,3 +241,31 @@ async fn an_abandoned_response_body_closes_its_connection_and_frees_the_slot() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(up.opened.load(Ordering::SeqCst), 2);
 }
+
+/// Issue 14 item 5: after a burst the pool does not keep its connections (and their
+/// buffers) open: idle ones are closed within seconds (3–4 s, below common upstream
+/// keep-alive timeouts).
+#[tokio::test]
+async fn idle_pooled_connections_are_closed_after_a_few_seconds() {
+    let up = Gated::spawn().await;
+    let (gw, key) = gateway(&up, "").await;
+    let burst: Vec<_> = futures_util::future::join_all((0..4).map(|_| held(&gw, &key))).await;
+    up.release();
+    for b in burst {
+        assert_eq!(b.await.unwrap(), "start end");
+    }
+    // Back in the pool, still open: the next request reuses one of them.
+    assert_eq!(up.open.load(Ordering::SeqCst), 4);
+    let a = get(&gw.url(&format!("{AGR}/again")), Some(&key)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(up.opened.load(Ordering::SeqCst), 4, "reused, none opened");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while up.open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} idle connections still open after 15 s",
+            up.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
