@@ -963,3 +963,118 @@ async fn all_alone_and_required_permissions_agree_with_the_server() {
         assert_eq!(a.status, 400, "{}", a.text());
     }
 }
+
+/// Regression (#14, schemathesis after the release-build campaign): `allowed_ips:
+/// ["000"]` and a `name` holding a control character passed the document and were
+/// refused by the server. Strings generated from the document's own patterns must pass
+/// the server's checks (cidr::Cidr::parse, tokens::check_name/check_description), the
+/// spellings the server refuses must not match, and the usual spellings it takes must.
+#[tokio::test]
+async fn strings_the_patterns_admit_are_accepted_by_the_server() {
+    use proptest::test_runner::{Config as Cases, TestRunner};
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&module_toml("agreements", &["/a"], &up.url(), "")).await;
+    let doc = fetch_doc(&gw).await;
+    let props = &doc["components"]["schemas"]["TokenCreate"]["properties"];
+    let cidr = props["allowed_ips"]["items"]["pattern"].as_str().unwrap();
+    let name = props["name"]["pattern"].as_str().unwrap();
+    let description = props["description"]["pattern"].as_str().unwrap();
+    // proptest generates from a regex without anchors.
+    let unanchored = |p: &str| {
+        p.strip_prefix('^')
+            .unwrap()
+            .strip_suffix('$')
+            .unwrap()
+            .to_string()
+    };
+    let run = |pattern: &str, accepted: &dyn Fn(&str) -> bool| {
+        let strategy = proptest::string::string_regex(&unanchored(pattern)).unwrap();
+        TestRunner::new(Cases {
+            cases: 3000,
+            failure_persistence: None,
+            ..Cases::default()
+        })
+        .run(&strategy, |s| {
+            proptest::prop_assert!(accepted(&s), "{s:?} matches but is refused");
+            Ok(())
+        })
+        .unwrap();
+    };
+    run(cidr, &|s| keygate::cidr::Cidr::parse(s).is_ok());
+    run(name, &|s| {
+        s.chars().count() > keygate::tokens::MAX_NAME_CHARS
+            || keygate::tokens::check_name(s).is_ok()
+    });
+    run(description, &|s| {
+        s.chars().count() > keygate::tokens::MAX_DESCRIPTION_CHARS
+            || keygate::tokens::check_description(s).is_ok()
+    });
+    let matches = |p: &str, s: &str| regex::Regex::new(p).unwrap().is_match(s);
+    for refused in [
+        "",
+        "000",
+        "1.2",
+        "01.2.3.4",
+        "256.0.0.1",
+        "10.1.2.3/8",
+        "10.0.0.0/08",
+        "1.2.3.4/33",
+        "10.0.0.0/+8",
+        "::/129",
+        "2001:db8::1/32",
+        "fe80::/8",
+        "1:2:3:4:5:6:7:8:9",
+        "1::2::3",
+        "12345::",
+        ":::",
+    ] {
+        assert!(keygate::cidr::Cidr::parse(refused).is_err(), "{refused:?}");
+        assert!(!matches(cidr, refused), "{refused:?} matches");
+    }
+    for taken in [
+        "10.0.0.0/8",
+        "192.0.2.7",
+        "192.0.2.7/32",
+        "0.0.0.0/0",
+        "192.0.2.128/25",
+        "::",
+        "::1",
+        "::/0",
+        "2001:db8::/32",
+        "2001:DB8::/48",
+        "2001:db8:0:1::/64",
+        "fe80::/10",
+        "1:2:3:4:5:6:7:8",
+        "1:2:3:4:5:6:7::",
+        "1::8",
+        "2001:db8::1/128",
+        "ff00::/8",
+        "2001:db8:1:2:3:4:5:8000/113",
+    ] {
+        assert!(keygate::cidr::Cidr::parse(taken).is_ok(), "{taken:?}");
+        assert!(matches(cidr, taken), "{taken:?} does not match");
+    }
+    for (s, ok) in [
+        ("a", true),
+        ("a b", true),
+        ("ünï", true),
+        (" ", false),
+        ("\u{3000}", false),
+        ("a\u{7f}", false),
+        ("a\u{85}", false),
+        ("a\nb", false),
+        ("\t", false),
+    ] {
+        assert_eq!(keygate::tokens::check_name(s).is_ok(), ok, "{s:?}");
+        assert_eq!(matches(name, s), ok, "{s:?}");
+    }
+    for (s, ok) in [
+        ("", true),
+        ("a\nb\tc", true),
+        ("a\rb", false),
+        ("\u{9f}", false),
+    ] {
+        assert_eq!(keygate::tokens::check_description(s).is_ok(), ok, "{s:?}");
+        assert_eq!(matches(description, s), ok, "{s:?}");
+    }
+}

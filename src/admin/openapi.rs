@@ -154,6 +154,77 @@ fn duration_pattern(min_ms: u64, max_ms: u64) -> String {
     format!("^({})$", alts.join("|"))
 }
 
+/// A pattern for `allowed_ips` entries (cidr::Cidr::parse): IPv4 and IPv6 addresses,
+/// and blocks with no host bits set below the prefix — every IPv4 spelling the server
+/// takes, and the usual IPv6 ones (leading groups, then `::`). Not admitted although the
+/// server takes them: an IPv6 block written with explicit zero groups after its prefix
+/// (`2001:db8:0:0:0:0:0:0/32`) and IPv4-embedded IPv6 (`::ffff:192.0.2.7`). #14: the
+/// looser pattern before admitted `000`, `1.2`, and blocks with host bits.
+fn cidr_pattern() -> String {
+    const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    const GROUP: &str = "[0-9A-Fa-f]{1,4}";
+    let numbers = |from: u32, to: u32| {
+        (from..=to)
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    let v4_addr = [OCTET; 4].join("\\.");
+    let mut alts = vec![format!("{v4_addr}(/32)?")];
+    // A prefix of `len` bits: whole octets of any value, one octet whose low bits are
+    // zero (the values listed), then zero octets.
+    for len in 0..32u32 {
+        let (whole, bits) = (len / 8, len % 8);
+        let step = 1u32 << (8 - bits);
+        let partial = (0..256).step_by(step as usize).map(|v| v.to_string());
+        let partial = format!("({})", partial.collect::<Vec<_>>().join("|"));
+        let mut octets: Vec<String> = (0..whole).map(|_| OCTET.to_string()).collect();
+        octets.push(partial);
+        octets.resize(4, "0".to_string());
+        alts.push(format!("{}/{len}", octets.join("\\.")));
+    }
+    let v6_addr = [
+        format!("({GROUP}:){{7}}{GROUP}"),
+        format!("({GROUP}:){{1,7}}:"),
+        format!("({GROUP}:){{1,6}}:{GROUP}"),
+        format!("({GROUP}:){{1,5}}(:{GROUP}){{1,2}}"),
+        format!("({GROUP}:){{1,4}}(:{GROUP}){{1,3}}"),
+        format!("({GROUP}:){{1,3}}(:{GROUP}){{1,4}}"),
+        format!("({GROUP}:){{1,2}}(:{GROUP}){{1,5}}"),
+        format!("{GROUP}:(:{GROUP}){{1,6}}"),
+        format!(":((:{GROUP}){{1,7}}|:)"),
+    ]
+    .join("|");
+    alts.push(format!("({v6_addr})(/128)?"));
+    // `j` leading groups then `::`: any prefix of at least 16·j bits.
+    alts.push(format!("::/({})", numbers(0, 128)));
+    for j in 1..8u32 {
+        alts.push(format!(
+            "({GROUP}:){{{}}}{GROUP}::/({})",
+            j - 1,
+            numbers(16 * j, 128)
+        ));
+    }
+    // `k` groups, the last with its low `zero` bits zero: a prefix of 16·k − zero bits.
+    for k in 1..=8u32 {
+        for zero in 1..16u32 {
+            let (digits, bits) = (zero / 4, zero % 4);
+            let digit = ["[0-9A-Fa-f]", "[02468AaCcEe]", "[048Cc]", "[08]"][bits as usize];
+            let last = format!(
+                "(0{{1,4}}|[0-9A-Fa-f]{{0,{}}}{digit}0{{{digits}}})",
+                3 - digits
+            );
+            let tail = if k < 8 { "::" } else { "" };
+            alts.push(format!(
+                "({GROUP}:){{{}}}{last}{tail}/{}",
+                k - 1,
+                16 * k - zero
+            ));
+        }
+    }
+    format!("^({})$", alts.join("|"))
+}
+
 /// Permission names the server accepts: modules, `integrations` and `all`, each also
 /// in its `:read` form.
 fn permission_names(config: &Config) -> Vec<String> {
@@ -328,8 +399,16 @@ fn token_properties(with_key: bool) -> (Value, Value) {
 fn schemas(config: &Config) -> Value {
     let (token, token_required) = token_properties(false);
     let (token_key, token_key_required) = token_properties(true);
-    let name = json!({ "type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS });
-    let description = json!({ "type": "string", "maxLength": MAX_DESCRIPTION_CHARS });
+    // tokens::check_name: no control character (Unicode Cc), not only white space
+    // (Rust's char::is_whitespace, listed: ECMA's \s differs). check_description: no
+    // control character but tab and newline.
+    const WS: &str =
+        "\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+    const CC: &str = "\\u0000-\\u001f\\u007f-\\u009f";
+    let name = json!({ "type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS,
+        "pattern": format!("^[^{CC}]*[^{CC}{WS}][^{CC}]*$") });
+    let description = json!({ "type": "string", "maxLength": MAX_DESCRIPTION_CHARS,
+        "pattern": "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f]*$" });
     let external_id = json!({ "type": "string", "minLength": 1, "maxLength": MAX_EXTERNAL_ID_CHARS, "pattern": "^[!-~]+$" });
     let extension_names: Vec<&str> = config.extensions.iter().map(|e| e.name.as_str()).collect();
     let extension = json!({ "type": "string", "enum": extension_names,
@@ -383,11 +462,9 @@ fn schemas(config: &Config) -> Value {
         "description": "A duration such as 7d, 30d, 90d, 1y, 12h: from 1s to 1000y." });
     let max_grace = u64::try_from(MAX_GRACE.as_millis()).unwrap_or(u64::MAX);
     let rate_limits = json!({ "type": "array", "maxItems": 4, "items": schema_ref("RateLimit") });
-    // The pattern admits every spelling cidr::Cidr::parse takes (and some it refuses:
-    // "1.2", host bits below the prefix); the server's 400 names the entry.
     let allowed_ips = json!({ "type": "array", "maxItems": 64, "items": { "type": "string",
-        "minLength": 2, "pattern": "^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
-        "description": "An IPv4/IPv6 address or CIDR block without host bits below the prefix." } });
+        "pattern": cidr_pattern(),
+        "description": "An IPv4/IPv6 address or CIDR block without host bits below the prefix. The server also takes IPv6 blocks written with zero groups after the prefix, and IPv4-embedded IPv6 addresses, which the pattern leaves out." } });
     json!({
         "Error": {
             "type": "object", "additionalProperties": false,
