@@ -13,7 +13,8 @@
 # requests pile up and the pool grows), keygate (release build, embedded store,
 # proxy.workers = 2), h2load with 10 h2c connections of STREAMS_PER_CONN concurrent
 # streams each (the shape of issue 14's report). Prints RSS idle, the peak during the
-# burst, RSS 2 s, 15 s and 30 s after it, and the upstream connections keygate held at the peak.
+# burst, RSS 2 s, 15 s and 30 s after it, and the upstream connections keygate held at the
+# peak and at those times.
 # Every process started here is stopped by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,8 +88,8 @@ while kill -0 "$H2" 2>/dev/null; do
   sleep 0.5
 done
 grep -E "^requests:|^status codes:|finished in" "$WORK/h2load.out" || cat "$WORK/h2load.out"
-sleep 2; AFTER2=$(rss)
-sleep 13; AFTER15=$(rss)
-sleep 15; AFTER30=$(rss)
-echo "binary: $KEYGATE${ALLOC:+ with LD_PRELOAD=$ALLOC}; max_upstream_connections $MAX_UP; upstream connections at the peak: $PEAKUP"
+sleep 2; AFTER2=$(rss); UP2=$(upconns)
+sleep 13; AFTER15=$(rss); UP15=$(upconns)
+sleep 15; AFTER30=$(rss); UP30=$(upconns)
+echo "binary: $KEYGATE${ALLOC:+ with LD_PRELOAD=$ALLOC}; max_upstream_connections $MAX_UP; upstream connections at the peak: $PEAKUP, 2 s after: $UP2, 15 s after: $UP15, 30 s after: $UP30"
 echo "RSS idle ${IDLE} kB, peak ${PEAK} kB, 2 s after ${AFTER2} kB, 15 s after ${AFTER15} kB, 30 s after ${AFTER30} kB ($(python3 -c "print(f'{$AFTER15/$IDLE:.1f}x / {$AFTER30/$IDLE:.1f}x')") idle)"

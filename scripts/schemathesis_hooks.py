@@ -1,18 +1,21 @@
 """Schemathesis hooks for scripts/hostile.sh (SCHEMATHESIS_HOOKS=this file).
 
-Schemathesis learns token ids from the answers (GET /v1/tokens lists the caller too)
-and then rotates, renews, edits and deletes them — its own credential included: one
-`POST /v1/tokens/<own id>/rotate` and every later request answers 401, so most of the
-run would test nothing. Every request aimed at the caller's own token
-(KEYGATE_OWN_ID) is sent to a stand-in token (initially KEYGATE_OTHER_ID, same
-permissions) instead; nothing else is changed.
+Schemathesis learns token ids from the answers (GET /v1/tokens lists the caller too;
+every token's `created_by` names it) and then rotates, renews, edits and deletes them —
+its own credential included: one `POST /v1/tokens/<own id>/rotate` and every later
+request answers 401, so most of the run would test nothing. So no request reaches the
+caller's own token (KEYGATE_OWN_ID):
 
-The stand-in is listed too, so schemathesis may delete it by its own id; from then on
-every request it sends for its own token would answer 404, as if that token were gone
-(its checks then blame the server, e.g. "created resource not found"). So when the
-stand-in is deleted by its own id, a new one is made (KEYGATE_ADMIN_URL with the
-caller's key, KEYGATE_ADMIN_KEY). A delete aimed at the caller's own token is not
-undone: to schemathesis that token is then gone, and its requests answer 404.
+- a DELETE aimed at it deletes a throwaway token made for it instead;
+- any other request aimed at it goes to a stand-in token (initially KEYGATE_OTHER_ID,
+  same permissions), which therefore has to stay: when schemathesis deletes the
+  stand-in by its own id (it is listed too), a new stand-in is made.
+
+Before these last two rules, a delete aimed at the caller's token removed the
+stand-in, and every later request for the caller's token answered 404 — which
+schemathesis reported as ST302 "created resource not found" when it had taken the id
+from a new token's `created_by` (docs/hostile.md). New tokens are made with
+KEYGATE_ADMIN_URL and the caller's key, KEYGATE_ADMIN_KEY.
 """
 import json
 import os
@@ -25,10 +28,10 @@ STAND_IN = {"id": os.environ["KEYGATE_OTHER_ID"]}
 REDIRECTED = set()
 
 
-def new_stand_in():
+def new_token(name):
     req = urllib.request.Request(
         os.environ["KEYGATE_ADMIN_URL"] + "/v1/tokens",
-        data=json.dumps({"name": "schemathesis stand-in", "permissions": ["all"]}).encode(),
+        data=json.dumps({"name": name, "permissions": ["all"]}).encode(),
         headers={
             "Authorization": "ApiKey " + os.environ["KEYGATE_ADMIN_KEY"],
             "Content-Type": "application/json",
@@ -42,7 +45,10 @@ def new_stand_in():
 def before_call(context, case, kwargs):
     params = case.path_parameters
     if params and params.get("id") == OWN:
-        params["id"] = STAND_IN["id"]
+        if case.method.upper() == "DELETE":
+            params["id"] = new_token("schemathesis throwaway")
+        else:
+            params["id"] = STAND_IN["id"]
         REDIRECTED.add(case.id)
 
 
@@ -55,4 +61,4 @@ def after_call(context, case, response):
         and case.id not in REDIRECTED
         and 200 <= response.status_code < 300
     ):
-        STAND_IN["id"] = new_stand_in()
+        STAND_IN["id"] = new_token("schemathesis stand-in")

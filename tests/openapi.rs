@@ -725,6 +725,20 @@ async fn document_is_as_strict_as_the_server() {
             json!({"allowed_ips": ["10.0.0.0/x"]}),
             json!({"allowed_ips": ["192.0.2.7"]}),
         ),
+        // #14, second schemathesis pass: milliseconds that are not whole seconds, and
+        // a `:read` entry beside `all:read`.
+        (
+            json!({"rate_limits": [{"requests": 1, "per": "60148344ms"}]}),
+            json!({"rate_limits": [{"requests": 1, "per": "60148000ms"}]}),
+        ),
+        (
+            json!({"permissions": ["all:read", "integrations:read"]}),
+            json!({"permissions": ["all:read", "agreements", "integrations"]}),
+        ),
+        (
+            json!({"permissions": ["agreements:read", "all:read"]}),
+            json!({"permissions": ["agreements:read", "integrations:read"]}),
+        ),
     ] {
         let (bad, good) = (create(bad), create(good));
         assert!(

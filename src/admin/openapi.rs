@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::tokens::{DEFAULT_LIMIT, MAX_GRACE, MAX_LIMIT, MAX_OFFSET, MAX_SEARCH_CHARS};
 use crate::config::{ADMIN_MODULE, Config, PERMISSION_ALL};
 use crate::duration::{MAX_MS, UNITS};
+use crate::permissions::PERMISSION_ALL_READ;
 use crate::policy::{MAX_LIMIT_REQUESTS, MAX_QUOTA_REQUESTS};
 use crate::tokens::{MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS, MIN_EXPIRES_IN};
 
@@ -150,6 +151,27 @@ fn duration_pattern(min_ms: u64, max_ms: u64) -> String {
             continue;
         }
         alts.push(format!("0*({}){unit}", nums.join("|")));
+    }
+    format!("^({})$", alts.join("|"))
+}
+
+/// A pattern for whole seconds from 1s to `max_ms` (rate limit `per`): as
+/// `duration_pattern(1000, max_ms)`, but milliseconds only as whole seconds (`2000ms`;
+/// #14: schemathesis sent `60148344ms`, which the server refuses).
+fn whole_seconds_pattern(max_ms: u64) -> String {
+    let mut alts = Vec::new();
+    for (unit, ms) in UNITS {
+        let nums: Vec<String> = if ms == 1 {
+            numbers_up_to(max_ms / 1000, 1)
+                .into_iter()
+                .map(|n| format!("{n}000"))
+                .collect()
+        } else {
+            numbers_up_to(max_ms / ms, 1)
+        };
+        if !nums.is_empty() {
+            alts.push(format!("0*({}){unit}", nums.join("|")));
+        }
     }
     format!("^({})$", alts.join("|"))
 }
@@ -413,21 +435,32 @@ fn schemas(config: &Config) -> Value {
     let extension_names: Vec<&str> = config.extensions.iter().map(|e| e.name.as_str()).collect();
     let extension = json!({ "type": "string", "enum": extension_names,
         "description": "An extension name from GET /v1/extensions (not its code)." });
-    // Each name once, from the configuration; "all" only alone (a oneOf). Two rules need
-    // `contains`, which OpenAPI 3.0 lacks, and stay the server's (400 naming
-    // permissions): a module in both forms (`x` and `x:read`), `:read` beside `all:read`.
+    // Each name once, from the configuration; "all" only alone (a oneOf); `all:read`
+    // only beside full permissions (an anyOf: without `all:read`, or without any other
+    // `:read` entry). One rule needs `contains`, which OpenAPI 3.0 lacks, and stays the
+    // server's (400 naming permissions): a module in both forms (`x` and `x:read`).
     let names: Vec<String> = permission_names(config)
         .into_iter()
-        .filter(|n| n != PERMISSION_ALL)
+        .filter(|n| n != PERMISSION_ALL && n != PERMISSION_ALL_READ)
+        .collect();
+    let beside_all_read: Vec<String> = names
+        .iter()
+        .filter(|n| !n.ends_with(":read"))
+        .cloned()
+        .chain([PERMISSION_ALL_READ.to_string()])
         .collect();
     let permissions = json!({
         "type": "array", "minItems": 1,
-        "description": "Module names from GET /v1/modules (plus `integrations`), each optionally `:read`, or exactly [\"all\"], or `all:read` beside full module permissions (SPEC §8). Also refused (400): a module named twice (`x` and `x:read`), a `:read` entry beside `all:read`.",
+        "description": "Module names from GET /v1/modules (plus `integrations`), each optionally `:read`, or exactly [\"all\"], or `all:read` beside full module permissions only (SPEC §8). Also refused (400): a module named twice (`x` and `x:read`).",
         "oneOf": [
             { "type": "array", "minItems": 1, "maxItems": 1,
               "items": { "type": "string", "enum": [PERMISSION_ALL] } },
-            { "type": "array", "minItems": 1, "uniqueItems": true,
-              "items": { "type": "string", "enum": names } },
+            { "anyOf": [
+                { "type": "array", "minItems": 1, "uniqueItems": true,
+                  "items": { "type": "string", "enum": names } },
+                { "type": "array", "minItems": 1, "uniqueItems": true,
+                  "items": { "type": "string", "enum": beside_all_read } },
+            ] },
         ],
     });
     // permissions may be left out only for an extension with preset permissions (the
@@ -526,7 +559,7 @@ fn schemas(config: &Config) -> Value {
             "required": ["requests", "per"],
             "properties": {
                 "requests": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT_REQUESTS },
-                "per": { "type": "string", "pattern": duration_pattern(1000, 86_400_000),
+                "per": { "type": "string", "pattern": whole_seconds_pattern(86_400_000),
                     "description": "Whole seconds from 1s to 1d, e.g. 1m." },
             },
         },
