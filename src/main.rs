@@ -168,8 +168,8 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
 /// by another thread (a request's buffers are often freed on another worker than the
 /// one that allocated them) is only counted as free when the owning thread next
 /// allocates from that page or collects. After a burst the workers go quiet, so without
-/// this most of the burst's memory stayed: 176 MB 30 s after a burst that peaked at
-/// 383 MB, against 35 MB with it (31 MB idle; scripts/rss-burst.sh, docs/performance.md).
+/// this most of the burst's memory stayed: 199 MB 30 s after a burst that peaked at
+/// 454 MB, against 38 MB with it (31 MB idle; scripts/rss-burst.sh, docs/performance.md).
 /// At most once a second per worker, when it parks (goes idle); keygate's own timers
 /// (statistics flush, upstream pool reaper) keep waking workers after a burst, so each
 /// collects within seconds of it.
