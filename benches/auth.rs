@@ -1,7 +1,8 @@
 //! The auth decision on a cache hit: header parse + cache lookup + secret verify +
 //! path normalisation + route lookup + permission check — the per-request work keygate
 //! does before forwarding — for a token without policies and for one with two rate
-//! limits and an IP allow-list (SPEC §8; the embedded store's in-process limiter).
+//! limits and an IP allow-list (SPEC §8; the embedded store's in-process limiter,
+//! and the `RateLimit-Policy`/`RateLimit` values its answer carries).
 //! Run: `cargo bench --bench auth`.
 
 use std::hint::black_box;
@@ -105,8 +106,10 @@ fn bench(c: &mut Criterion) {
     let peer: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
     let trusted = config.proxy.trusted_proxies.clone();
 
-    // What gateway::process does between authentication and forwarding.
-    let decide = |headers: &HeaderMap, path: &str| -> Option<usize> {
+    // What gateway::proxy_request does between authentication and forwarding: the
+    // module, and the `RateLimit-Policy`/`RateLimit` values the answer will carry.
+    type Headers = Option<(HeaderValue, HeaderValue)>;
+    let decide = |headers: &HeaderMap, path: &str| -> Option<(usize, Headers)> {
         let Ok(Presented::Credential(cred)) = presented(headers) else {
             return None;
         };
@@ -126,19 +129,18 @@ fn bench(c: &mut Criterion) {
         if entry.perms.access(module) != Access::Full {
             return None;
         }
+        let mut ratelimit = None;
         if let Some(p) = policy.filter(|p| p.counts()) {
             let now_ms = Timestamp::now().as_millisecond();
-            if !matches!(
-                limiters.admit(entry.id, p, now_ms, false),
-                Admission::Admitted(_)
-            ) {
+            let Admission::Admitted(headroom) = limiters.admit(entry.id, p, now_ms, false) else {
                 return None;
-            }
+            };
+            ratelimit = policy::ratelimit_headers(p, headroom);
         }
-        Some(module)
+        Some((module, ratelimit))
     };
-    assert!(decide(&headers, path).is_some());
-    assert!(decide(&policy_headers, path).is_some());
+    assert!(decide(&headers, path).is_some_and(|(_, h)| h.is_none()));
+    assert!(decide(&policy_headers, path).is_some_and(|(_, h)| h.is_some()));
 
     c.bench_function("auth_decision_cache_hit", |b| {
         b.iter(|| decide(black_box(&headers), black_box(path)))

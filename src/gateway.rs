@@ -227,7 +227,7 @@ fn limits_answer(
             retry_after,
             headroom,
         }) => {
-            *out = ratelimit_headers(p, headroom);
+            *out = policy::ratelimit_headers(p, headroom);
             return Err(ApiError::RateLimited(retry_after));
         }
         Admission::Refused(Refusal::QuotaExceeded {
@@ -252,16 +252,8 @@ fn limits_answer(
             return Err(ApiError::QuotaExceeded(retry_after));
         }
     };
-    *out = ratelimit_headers(p, headroom);
+    *out = policy::ratelimit_headers(p, headroom);
     Ok(())
-}
-
-fn ratelimit_headers(
-    p: &policy::Policy,
-    h: Option<policy::limiter::Headroom>,
-) -> Option<(HeaderValue, HeaderValue)> {
-    let state = h.and_then(|h| policy::ratelimit_header(p, &h))?;
-    Some((p.policy_header.clone()?, state))
 }
 
 /// The last phase: the answer, its log line, the token's statistics (SPEC §3: only a

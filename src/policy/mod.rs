@@ -82,6 +82,15 @@ pub fn ratelimit_header(policy: &Policy, state: &limiter::Headroom) -> Option<He
     .ok()
 }
 
+/// `RateLimit-Policy` and `RateLimit` for an answer of a token with rate limits.
+pub fn ratelimit_headers(
+    policy: &Policy,
+    headroom: Option<limiter::Headroom>,
+) -> Option<(HeaderValue, HeaderValue)> {
+    let state = headroom.and_then(|h| ratelimit_header(policy, &h))?;
+    Some((policy.policy_header.clone()?, state))
+}
+
 // ---------------------------------------------------------------------------
 // The decision, on either store.
 
