@@ -64,7 +64,12 @@ impl Cidr {
 
     /// Whether `ip` is inside (an IPv4-mapped IPv6 address counts as its IPv4 form).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
+        self.contains_canonical(canonical(ip))
+    }
+
+    /// [`Cidr::contains`] for an address already in [`canonical`] form.
+    fn contains_canonical(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
                 u32::from(ip) & mask == u32::from(net)
@@ -116,7 +121,8 @@ impl<'de> Deserialize<'de> for Cidr {
 
 /// Whether any of `nets` contains `ip`.
 pub fn any_contains(nets: &[Cidr], ip: IpAddr) -> bool {
-    nets.iter().any(|n| n.contains(ip))
+    let ip = canonical(ip);
+    nets.iter().any(|n| n.contains_canonical(ip))
 }
 
 /// `s` cut to 64 characters for a message.

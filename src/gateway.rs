@@ -96,12 +96,14 @@ async fn proxy_request(
     // order of the checks (SPEC §2) is upstream_peer's.
     ctx.module = rt.routes.lookup(path);
     let presented = auth::presented_in(scan.authorizations, head.authorization.as_ref());
-    // One clock read for the grace period of a previous secret and the expiry.
-    let now = Timestamp::now().as_second();
+    // One clock read for the grace period of a previous secret, the expiry and the
+    // rate limits.
+    let now = Timestamp::now();
     let (cache, store) = (&shared.cache, &shared.store);
-    let entry = auth::authenticate_presented(presented, cache, store, &rt.config, now).await?;
+    let entry =
+        auth::authenticate_presented(presented, cache, store, &rt.config, now.as_second()).await?;
     ctx.token = Some(entry.id);
-    auth::check_usable(&entry, now)?;
+    auth::check_usable(&entry, now.as_second())?;
     let peer = upstream_peer(
         shared,
         rt,
@@ -110,6 +112,7 @@ async fn proxy_request(
         &req,
         conn,
         &mut ctx.ratelimit,
+        now,
     )
     .await?;
     let version = req.version();
@@ -167,7 +170,9 @@ fn request_filter(
 /// Chooses the upstream for an authenticated token, in the order of SPEC §2: the
 /// client address against `allowed_ips` (6a), the module the path maps to (7), the
 /// token's access to it — full, or `:read` for GET/HEAD/OPTIONS (8) — and its rate
-/// limits and quota (8a, 8b). A token without policies skips them on one pointer test.
+/// limits and quota (8a, 8b), at `now` (the request's one clock read). A token without
+/// policies skips them on one pointer test.
+#[allow(clippy::too_many_arguments)]
 async fn upstream_peer<'rt>(
     shared: &Shared,
     rt: &'rt Runtime,
@@ -176,6 +181,7 @@ async fn upstream_peer<'rt>(
     req: &Request<Incoming>,
     conn: &ConnInfo,
     ratelimit: &mut Option<(HeaderValue, HeaderValue)>,
+    now: Timestamp,
 ) -> Result<Peer<'rt>, ApiError> {
     let policy = entry.policy.as_deref();
     if let Some(p) = policy.filter(|p| !p.allowed_ips.is_empty()) {
@@ -192,7 +198,14 @@ async fn upstream_peer<'rt>(
         Access::Read | Access::None => return Err(ApiError::PermDenied),
     }
     if let Some(p) = policy.filter(|p| p.counts()) {
-        let decision = policy::admit(&shared.limiters, &shared.store, entry.id, p).await;
+        let decision = policy::admit(
+            &shared.limiters,
+            &shared.store,
+            entry.id,
+            p,
+            now.as_millisecond(),
+        )
+        .await;
         limits_answer(shared, p, decision, ratelimit, entry.id)?;
     }
     let (Some(module), Some(module_name)) =

@@ -10,11 +10,11 @@
 //! `per / N` is an integer and nothing is rounded. A request is admitted only if every
 //! limit and the quota admit it; only then is any state changed (all or nothing).
 //!
-//! The state of one token sits behind its own short `std::sync::Mutex` (never held
-//! across an await), in a dashmap keyed by token id: tokens without limits or quota
-//! never create an entry.
+//! The state of one token is an entry of a dashmap keyed by token id, changed under
+//! its shard's write lock (one lock per request, never held across an await): tokens
+//! without limits or quota never create an entry.
 
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hasher};
 
 use dashmap::DashMap;
 
@@ -45,6 +45,11 @@ pub fn gcra(tat: i128, now_ms: i64, requests: u64, per_ms: u64) -> Result<i128, 
 
 /// Whole seconds of a span in `1/N` ms, rounded up.
 pub fn ceil_secs(scaled: i128, requests: u64) -> u64 {
+    // Spans of admitted state are at most `per` (≤ 1 d · 10^9 < 2^64): a 64-bit
+    // division, not the 128-bit library call.
+    if let (Ok(s), Some(per_sec)) = (u64::try_from(scaled.max(0)), requests.checked_mul(1000)) {
+        return s.div_ceil(per_sec.max(1));
+    }
     let per_sec = i128::from(requests) * 1000;
     u64::try_from((scaled.max(0) + per_sec - 1) / per_sec).unwrap_or(u64::MAX)
 }
@@ -62,23 +67,26 @@ pub struct Headroom {
 
 /// The headroom of the limits in `tats` (each the state after this request) at `now_ms`.
 pub fn headroom(policy: &Policy, tats: &[i128], now_ms: i64) -> Option<Headroom> {
-    let mut best: Option<Headroom> = None;
+    // (index, remaining, ahead): the reset time is worked out for the chosen one only.
+    let mut best: Option<(usize, u64, i128)> = None;
     for (index, (l, &tat)) in policy.limits.iter().zip(tats).enumerate() {
         let n = i128::from(l.requests);
         let now = i128::from(now_ms) * n;
         let ahead = (tat - now).max(0);
-        let slack = i128::from(l.per_ms) * n - ahead;
-        let remaining = u64::try_from(slack.max(0) / i128::from(l.per_ms.max(1))).unwrap_or(0);
-        let h = Headroom {
-            index,
-            remaining: remaining.min(l.requests),
-            reset_secs: ceil_secs(ahead, l.requests),
-        };
-        if best.is_none_or(|b| h.remaining < b.remaining) {
-            best = Some(h);
+        let slack = (i128::from(l.per_ms) * n - ahead).max(0);
+        // slack ≤ per · N < 2^64: a 64-bit division.
+        let remaining = u64::try_from(slack).map_or(l.requests, |s| s / l.per_ms.max(1));
+        let remaining = remaining.min(l.requests);
+        if best.is_none_or(|(_, r, _)| remaining < r) {
+            best = Some((index, remaining, ahead));
         }
     }
-    best
+    let (index, remaining, ahead) = best?;
+    Some(Headroom {
+        index,
+        remaining,
+        reset_secs: ceil_secs(ahead, policy.limits.get(index)?.requests),
+    })
 }
 
 /// Why a request was refused.
@@ -125,6 +133,44 @@ struct QuotaState {
     dirty: bool,
     /// Start of the last period whose first refusal was reported.
     reported: i64,
+}
+
+/// Hashes token ids for the limiter's map. The ids are keygate's (only a stored token
+/// that presented its secret reaches the limiter), so a multiplicative hash is enough
+/// and SipHash's resistance to chosen keys buys nothing here.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// See [`IdHash`].
+#[derive(Debug, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        // hashbrown takes the bucket from the low bits, dashmap the shard from the high.
+        self.0 ^ (self.0 >> 32)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -202,7 +248,7 @@ impl TokenState {
 /// The rate-limit and quota state of every token with limits or a quota seen here.
 #[derive(Default)]
 pub struct Limiters {
-    tokens: DashMap<u32, Mutex<TokenState>>,
+    tokens: DashMap<u32, TokenState, IdHash>,
 }
 
 impl Limiters {
@@ -212,14 +258,7 @@ impl Limiters {
     }
 
     fn with<R>(&self, id: TokenId, f: impl FnOnce(&mut TokenState) -> R) -> R {
-        let key = id.number();
-        if let Some(s) = self.tokens.get(&key) {
-            let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-            return f(&mut g);
-        }
-        let s = self.tokens.entry(key).or_default().downgrade();
-        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
+        f(&mut self.tokens.entry(id.number()).or_default())
     }
 
     /// Decides on one request of `id` at `now_ms` (Unix ms) against this process's
@@ -300,18 +339,16 @@ impl Limiters {
 
     /// Marks the first refusal of the period as reported elsewhere (Redis decided it).
     pub fn note_reported(&self, id: TokenId, start: i64) {
-        if let Some(s) = self.tokens.get(&id.number()) {
-            let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(q) = g.quota.as_mut().filter(|q| q.start == start) {
-                q.reported = start;
-            }
+        if let Some(mut g) = self.tokens.get_mut(&id.number())
+            && let Some(q) = g.quota.as_mut().filter(|q| q.start == start)
+        {
+            q.reported = start;
         }
     }
 
     /// This process's count for `id`'s quota period starting at `start`.
     pub fn quota_used(&self, id: TokenId, period: Period, start: i64) -> Option<u64> {
-        let s = self.tokens.get(&id.number())?;
-        let g = s.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.tokens.get(&id.number())?;
         g.quota
             .filter(|q| q.period == period && q.start == start)
             .map(|q| q.used)
@@ -319,10 +356,9 @@ impl Limiters {
 
     /// Counts admitted here while Redis was unreachable, not yet added there.
     pub fn quota_unsynced(&self, id: TokenId, period: Period, start: i64) -> u64 {
-        let Some(s) = self.tokens.get(&id.number()) else {
+        let Some(g) = self.tokens.get(&id.number()) else {
             return 0;
         };
-        let g = s.lock().unwrap_or_else(|p| p.into_inner());
         g.quota
             .filter(|q| q.period == period && q.start == start)
             .map_or(0, |q| q.unsynced)
@@ -345,11 +381,11 @@ impl Limiters {
     /// Counts changed since the last call, to persist: `(id, period, start, used)`.
     pub fn take_dirty(&self) -> Vec<(TokenId, Period, i64, u64)> {
         let mut out = Vec::new();
-        for e in self.tokens.iter() {
-            let mut g = e.value().lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(q) = g.quota.as_mut().filter(|q| q.dirty) {
+        for mut e in self.tokens.iter_mut() {
+            let key = *e.key();
+            if let Some(q) = e.value_mut().quota.as_mut().filter(|q| q.dirty) {
                 q.dirty = false;
-                if let Some(id) = TokenId::new(*e.key()) {
+                if let Some(id) = TokenId::new(key) {
                     out.push((id, q.period, q.start, q.used));
                 }
             }
@@ -360,11 +396,10 @@ impl Limiters {
     /// Marks counts dirty again after a failed persist.
     pub fn restore_dirty(&self, rows: &[(TokenId, Period, i64, u64)]) {
         for (id, _, start, _) in rows {
-            if let Some(s) = self.tokens.get(&id.number()) {
-                let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(q) = g.quota.as_mut().filter(|q| q.start == *start) {
-                    q.dirty = true;
-                }
+            if let Some(mut g) = self.tokens.get_mut(&id.number())
+                && let Some(q) = g.quota.as_mut().filter(|q| q.start == *start)
+            {
+                q.dirty = true;
             }
         }
     }
@@ -373,11 +408,11 @@ impl Limiters {
     /// (give them back with [`Limiters::give_back`] if adding them fails).
     pub fn take_unsynced(&self) -> Vec<(TokenId, Period, i64, u64)> {
         let mut out = Vec::new();
-        for e in self.tokens.iter() {
+        for mut e in self.tokens.iter_mut() {
             let Some(id) = TokenId::new(*e.key()) else {
                 continue;
             };
-            let mut g = e.value().lock().unwrap_or_else(|p| p.into_inner());
+            let g = e.value_mut();
             for (p, s, n) in g.leftover.drain(..) {
                 out.push((id, p, s, n));
             }
@@ -397,6 +432,11 @@ impl Limiters {
                 _ => st.leftover.push((period, start, n)),
             });
         }
+    }
+
+    /// Whether this process holds rate-limit or quota state for `id`.
+    pub fn tracks(&self, id: TokenId) -> bool {
+        self.tokens.contains_key(&id.number())
     }
 
     /// Forgets a deleted token.

@@ -72,14 +72,51 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
     client
 }
 
-/// The `RateLimit` header for the limit with the fewest requests left.
+/// The `RateLimit` header for the limit with the fewest requests left:
+/// `"<label>";r=<remaining>;t=<seconds>`, written into one buffer (every answer of a
+/// token with rate limits carries it; `format!` and a copy into the value cost more
+/// than the limiter itself).
 pub fn ratelimit_header(policy: &Policy, state: &limiter::Headroom) -> Option<HeaderValue> {
     let l = policy.limits.get(state.index)?;
-    HeaderValue::from_str(&format!(
-        "\"{}\";r={};t={}",
-        l.label, state.remaining, state.reset_secs
-    ))
-    .ok()
+    // Exactly this long, so that `Bytes` takes the buffer as it is (one allocation).
+    let len =
+        1 + l.label.len() + 4 + decimal_len(state.remaining) + 3 + decimal_len(state.reset_secs);
+    let mut v = Vec::with_capacity(len);
+    v.push(b'"');
+    v.extend_from_slice(l.label.as_bytes());
+    v.extend_from_slice(b"\";r=");
+    push_decimal(&mut v, state.remaining);
+    v.extend_from_slice(b";t=");
+    push_decimal(&mut v, state.reset_secs);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+}
+
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// "00" to "99".
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    while n >= 10 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n > 0 || at == digits.len() {
+        at -= 1;
+        digits[at] = b'0' + n as u8;
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// `RateLimit-Policy` and `RateLimit` for an answer of a token with rate limits.
@@ -97,9 +134,15 @@ pub fn ratelimit_headers(
 /// Decides on one request of token `id` whose policy has limits or a quota (SPEC §2
 /// rows 8a, 8b). Embedded store: this process's state. Redis: one script, exact across
 /// instances; while Redis is unreachable (or this call fails) this instance decides
-/// alone and its quota counts are added to Redis later ([`sync_quotas`]).
-pub async fn admit(limiters: &Limiters, store: &Store, id: TokenId, policy: &Policy) -> Admission {
-    let now_ms = Timestamp::now().as_millisecond();
+/// alone and its quota counts are added to Redis later ([`sync_quotas`]). `now_ms`:
+/// Unix ms, the clock read that also checked the token's expiry.
+pub async fn admit(
+    limiters: &Limiters,
+    store: &Store,
+    id: TokenId,
+    policy: &Policy,
+    now_ms: i64,
+) -> Admission {
     let Store::Redis(redis) = store else {
         return limiters.admit(id, policy, now_ms, false);
     };
@@ -276,6 +319,61 @@ mod tests {
         let mut two = h("1.1.1.1");
         two.append("x-forwarded-for", HeaderValue::from_static("10.0.0.7"));
         assert_eq!(client_ip(peer, &two, &trusted), ip("1.1.1.1"));
+    }
+
+    #[test]
+    fn ratelimit_header_value() {
+        let l = |n, p: &str| RateLimit {
+            requests: n,
+            per: p.into(),
+        };
+        let p = Policy::of(&[l(100, "1m"), l(1_000_000_000, "1d")], None, &[]).unwrap();
+        for (index, remaining, reset_secs, want) in [
+            (0, 0, 0, "\"100/1m\";r=0;t=0"),
+            (0, 99, 1, "\"100/1m\";r=99;t=1"),
+            (
+                1,
+                1_000_000_000,
+                86_400,
+                "\"1000000000/1d\";r=1000000000;t=86400",
+            ),
+            (
+                1,
+                u64::MAX,
+                10,
+                "\"1000000000/1d\";r=18446744073709551615;t=10",
+            ),
+        ] {
+            let h = limiter::Headroom {
+                index,
+                remaining,
+                reset_secs,
+            };
+            assert_eq!(ratelimit_header(&p, &h).unwrap(), want);
+        }
+        let out_of_range = limiter::Headroom {
+            index: 2,
+            remaining: 0,
+            reset_secs: 0,
+        };
+        assert!(ratelimit_header(&p, &out_of_range).is_none());
+    }
+
+    #[test]
+    fn decimals() {
+        let mut n = 1u64;
+        for _ in 0..19 {
+            for x in [n - 1, n, n + 1, n * 5, n * 9 + 8] {
+                let mut v = Vec::new();
+                push_decimal(&mut v, x);
+                assert_eq!(v, x.to_string().as_bytes());
+                assert_eq!(decimal_len(x), v.len());
+            }
+            n *= 10;
+        }
+        let mut v = Vec::new();
+        push_decimal(&mut v, u64::MAX);
+        assert_eq!(v, u64::MAX.to_string().as_bytes());
     }
 
     #[test]
