@@ -613,6 +613,78 @@ async fn extension_presets_fix_the_permissions() {
     assert_eq!(a.code(), "VALIDATION");
 }
 
+/// Regression: deleting a token left its rate-limit/quota state in the limiter and its
+/// quota row in the embedded store (and a request admitted during the delete wrote
+/// the row back at the next flush).
+#[tokio::test]
+async fn deleting_a_token_drops_its_limiter_state_and_quota_row() {
+    // No background flush during the test: the test flushes itself.
+    let up = spawn_upstream().await;
+    let toml = format!(
+        "[stats]\nflush_interval = \"1h\"\n{}",
+        module_toml("agreements", &["/public/v1/agreements"], &up.url(), "")
+    );
+    let gw = spawn_gateway(&toml).await;
+    let admin = gw.admin_key.clone();
+    let (id, key, _) = create_token(
+        &gw,
+        &admin,
+        json!({"name": "d", "permissions": ["agreements"],
+               "rate_limits": [{"requests": 10, "per": "1m"}],
+               "quota": {"requests": 10, "period": "day"}}),
+    )
+    .await;
+    assert_eq!(
+        call(&gw, Method::GET, "/public/v1/agreements", &key)
+            .await
+            .status,
+        200
+    );
+    let tid: keygate::token::TokenId = id.parse().unwrap();
+    let keygate::store::Store::Embedded(store) = &gw.shared.store else {
+        panic!("embedded store expected")
+    };
+    let has_row = || store.quotas().unwrap().iter().any(|r| r.0 == tid);
+    let limiters = &gw.shared.limiters;
+    keygate::policy::sync_quotas(limiters, &gw.shared.store)
+        .await
+        .unwrap();
+    assert!(has_row() && limiters.tracks(tid));
+
+    let a = admin_call(
+        &gw,
+        Method::DELETE,
+        &format!("/v1/tokens/{id}"),
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text());
+    assert!(!limiters.tracks(tid), "limiter state left behind");
+    assert!(!has_row(), "quota row left behind");
+
+    // A request of the token admitted while it was being deleted counts in memory;
+    // the next flush must not write its row back.
+    let policy = keygate::policy::Policy::of(
+        &[],
+        Some(keygate::policy::Quota {
+            requests: 10,
+            period: keygate::policy::Period::Day,
+        }),
+        &[],
+    )
+    .unwrap();
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    assert!(matches!(
+        limiters.admit(tid, &policy, now_ms, false),
+        keygate::policy::Admission::Admitted(_)
+    ));
+    keygate::policy::sync_quotas(limiters, &gw.shared.store)
+        .await
+        .unwrap();
+    assert!(!has_row(), "a late count wrote the quota row back");
+}
+
 /// Two instances on one Redis admit exactly N of a burst split between them, and
 /// exactly the quota.
 async fn two_instances_share_limits(redis: &TestRedis, prefix: &str) {

@@ -740,6 +740,8 @@ async fn delete(ctx: &Ctx<'_>, id: TokenId) -> Result<Response<Full<Bytes>>, Api
             may_change(&ctx.caller.token, target)
         })
         .await?;
+    // Its rate-limit and quota state here (the store dropped its quota row with it).
+    ctx.limiters.forget(id);
     let mut res = json_response(StatusCode::NO_CONTENT, Bytes::new());
     res.headers_mut().remove(header::CONTENT_TYPE);
     Ok(res)

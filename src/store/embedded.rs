@@ -207,6 +207,8 @@ impl EmbeddedStore {
             retired.insert(id.number(), ()).map_err(unavailable)?;
             let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
             last_used.remove(id.number()).map_err(unavailable)?;
+            let mut quotas = txn.open_table(QUOTAS).map_err(unavailable)?;
+            quotas.remove(id.number()).map_err(unavailable)?;
             remove_markers(&txn, id)?;
             existed
         };
@@ -237,6 +239,8 @@ impl EmbeddedStore {
             retired.insert(id.number(), ()).map_err(unavailable)?;
             let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
             last_used.remove(id.number()).map_err(unavailable)?;
+            let mut quotas = txn.open_table(QUOTAS).map_err(unavailable)?;
+            quotas.remove(id.number()).map_err(unavailable)?;
             remove_markers(&txn, id)?;
         }
         push_events(&txn, id, events)?;
@@ -397,12 +401,17 @@ impl EmbeddedStore {
         txn.commit().map_err(unavailable)
     }
 
-    /// Writes quota counts `(id, period, start, used)` in one transaction.
+    /// Writes quota counts `(id, period, start, used)` in one transaction; a token
+    /// deleted meanwhile (a request admitted while it was being deleted) gets no row.
     pub fn set_quotas(&self, rows: &[(TokenId, Period, i64, u64)]) -> StoreResult<()> {
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
             let mut table = txn.open_table(QUOTAS).map_err(unavailable)?;
             for (id, period, start, used) in rows {
+                if tokens.get(id.number()).map_err(unavailable)?.is_none() {
+                    continue;
+                }
                 let p = u8::from(*period == Period::Month);
                 table
                     .insert(id.number(), (p, *start, *used))
