@@ -154,6 +154,17 @@ impl Gateway {
             ),
             None => tracing::debug!("an admin token exists; no bootstrap needed"),
         }
+        // The file may have changed a preset while keygate was stopped (SPEC §8).
+        match tokens.apply_presets(&config, Timestamp::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                tokens = n,
+                "tokens given their extension's preset permissions"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot give tokens their extension's preset permissions")
+            }
+        }
         let metrics = Arc::new(
             Metrics::new(&config.metrics, Arc::clone(&cache))
                 .map_err(|e| StartError::Metrics(e.to_string()))?,

@@ -77,6 +77,18 @@ impl ReloadHandle {
         }
         let generation = p.runtime.config.generation;
         let modules = p.runtime.config.modules.len();
+        let presets_changed = !old
+            .config
+            .extensions
+            .iter()
+            .map(|e| (&e.name, &e.permissions))
+            .eq(p
+                .runtime
+                .config
+                .extensions
+                .iter()
+                .map(|e| (&e.name, &e.permissions)));
+        let new_config = Arc::clone(&p.runtime.config);
         self.shared.runtime.store(Arc::new(p.runtime));
         if let (Some(t), Some(k)) = (&self.proxy_tls, p.proxy_cert) {
             t.swap(k);
@@ -88,6 +100,18 @@ impl ReloadHandle {
             file = %path.display(), modules, generation,
             "configuration reloaded"
         );
+        // Existing tokens of an extension whose preset changed take the new preset
+        // (SPEC §8). The reload itself stands even if the store cannot be written now:
+        // the next start applies the presets again.
+        if presets_changed
+            && let Err(e) = self
+                .shared
+                .tokens
+                .apply_presets(&new_config, jiff::Timestamp::now())
+                .await
+        {
+            tracing::error!(error = %e, "cannot give existing tokens their extension's new preset permissions");
+        }
         Ok(())
     }
 }

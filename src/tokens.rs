@@ -194,6 +194,20 @@ pub fn check_extension(e: &str, config: &Config) -> Result<(), ApiError> {
     }
 }
 
+/// The preset permissions of extension `name`, if it fixes them (SPEC §8).
+pub fn preset<'c>(config: &'c Config, name: &str) -> Option<&'c Vec<String>> {
+    config
+        .extensions
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.permissions.as_ref())
+}
+
+/// Whether two permission lists hold the same entries (order aside).
+pub fn same_permissions(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
 /// Checks permissions (SPEC §1, §8): configured module names (each once), in full or
 /// `:read` form, `all` alone, or `all:read` with full module permissions. `integrations`
 /// (the admin permission) is always accepted.
@@ -395,6 +409,48 @@ impl Tokens {
         }
         tracing::warn!(token = %id, "edit lost {CAS_ATTEMPTS} races in a row");
         Err(ApiError::Internal)
+    }
+
+    /// Gives every token of an extension with preset permissions exactly that preset
+    /// (SPEC §8) where its permissions differ: after a reload that changed a preset, and
+    /// at start-up (the file may have changed while keygate was stopped). A tightened
+    /// preset thus applies to the existing tokens, not only to new ones. Each change is
+    /// a `token.updated` event without an actor, naming `permissions`. Returns how many
+    /// tokens were changed.
+    pub async fn apply_presets(&self, config: &Config, now: Timestamp) -> Result<usize, ApiError> {
+        if config.extensions.iter().all(|e| e.permissions.is_none()) {
+            return Ok(0);
+        }
+        let differs = |t: &Token| {
+            preset(config, &t.extension).filter(|p| !same_permissions(p, &t.permissions))
+        };
+        let mut changed = 0;
+        for t in self.list().await? {
+            if differs(&t).is_none() {
+                continue;
+            }
+            let result = self
+                .change(t.id, None, "updated", config, now, |t| {
+                    Ok(match differs(t).cloned() {
+                        Some(p) => {
+                            t.permissions = p;
+                            vec!["permissions".to_string()]
+                        }
+                        None => Vec::new(),
+                    })
+                })
+                .await;
+            match result {
+                Ok(_) => {
+                    tracing::info!(token = %t.id, extension = %t.extension, "permissions set to the extension's preset");
+                    changed += 1;
+                }
+                // Deleted meanwhile.
+                Err(ApiError::TokenNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(changed)
     }
 
     /// A token's audit events, oldest first (kept after the token is deleted).

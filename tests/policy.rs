@@ -613,6 +613,117 @@ async fn extension_presets_fix_the_permissions() {
     assert_eq!(a.code(), "VALIDATION");
 }
 
+/// A reload that changes an extension's preset gives the existing tokens of that
+/// extension the new preset (a tightened preset must not leave old tokens with more),
+/// with a `token.updated` event naming `permissions`.
+#[tokio::test]
+async fn a_reloaded_preset_applies_to_existing_tokens() {
+    let up = spawn_upstream().await;
+    let toml = |preset: &str| {
+        format!(
+            "{FAST_FLUSH}[[extensions]]\nname = \"custom\"\ncode = \"EXT-000\"\n\
+             [[extensions]]\nname = \"reports\"\ncode = \"EXT-569\"\npermissions = {preset}\n{}{}",
+            module_toml("agreements", &["/public/v1/agreements"], &up.url(), ""),
+            module_toml("billing", &["/public/v1/billing"], &up.url(), "")
+        )
+    };
+    let gw = spawn_gateway(&toml("[\"agreements\", \"billing\"]")).await;
+    let admin = gw.admin_key.clone();
+    let (id, key, _) =
+        create_token(&gw, &admin, json!({"name": "r", "extension": "reports"})).await;
+    let (other, other_key, _) = create_token(
+        &gw,
+        &admin,
+        json!({"name": "c", "permissions": ["billing"]}),
+    )
+    .await;
+    assert_eq!(
+        call(&gw, Method::GET, "/public/v1/billing", &key)
+            .await
+            .status,
+        200
+    );
+
+    gw.write_config(&toml("[\"agreements:read\"]"));
+    gw.reload.reload().await.unwrap();
+    assert_eq!(
+        call(&gw, Method::GET, "/public/v1/billing", &key)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        call(&gw, Method::GET, "/public/v1/agreements", &key)
+            .await
+            .status,
+        200
+    );
+    let put = send(
+        &client(),
+        Method::PUT,
+        &gw.url("/public/v1/agreements"),
+        Some(&key),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(put.status, 403);
+    let t = admin_call(
+        &gw,
+        Method::GET,
+        &format!("/v1/tokens/{id}"),
+        Some(&admin),
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(t["permissions"], json!(["agreements:read"]));
+    let events = admin_call(
+        &gw,
+        Method::GET,
+        &format!("/v1/tokens/{id}/events"),
+        Some(&admin),
+        "",
+    )
+    .await
+    .json();
+    let last = events.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "updated", "{events}");
+    assert_eq!(last["fields"], json!(["permissions"]), "{events}");
+    // Tokens of other extensions are untouched.
+    assert_eq!(
+        call(&gw, Method::GET, "/public/v1/billing", &other_key)
+            .await
+            .status,
+        200
+    );
+    let t = admin_call(
+        &gw,
+        Method::GET,
+        &format!("/v1/tokens/{other}"),
+        Some(&admin),
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(t["permissions"], json!(["billing"]));
+
+    // A preset changed while keygate was stopped applies at the next start.
+    let dir = gw.stop_keep_dir().await;
+    let gw = spawn_gateway_in(&toml("[\"billing:read\"]"), dir).await;
+    assert_eq!(
+        call(&gw, Method::GET, "/public/v1/billing", &key)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&gw, Method::GET, "/public/v1/agreements", &key)
+            .await
+            .status,
+        403
+    );
+}
+
 /// Regression: deleting a token left its rate-limit/quota state in the limiter and its
 /// quota row in the embedded store (and a request admitted during the delete wrote
 /// the row back at the next flush).

@@ -23,7 +23,7 @@ use crate::store::Event;
 use crate::token::{PreviousSecret, Secret, Status, Token, TokenId, TokenView, rfc3339};
 use crate::tokens::{
     Expiry, NewToken, check_description, check_extension, check_external_id, check_name,
-    check_permissions, renewed_expiry,
+    check_permissions, renewed_expiry, same_permissions,
 };
 
 /// Default page size of `GET /v1/tokens`.
@@ -319,16 +319,7 @@ struct CreateBody {
 
 /// The preset permissions of extension `name`, if it fixes them (SPEC §8).
 fn preset<'c>(config: &'c crate::config::Config, name: &str) -> Option<&'c Vec<String>> {
-    config
-        .extensions
-        .iter()
-        .find(|e| e.name == name)
-        .and_then(|e| e.permissions.as_ref())
-}
-
-/// Whether two permission lists hold the same entries (order aside).
-fn same_permissions(a: &[String], b: &[String]) -> bool {
-    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+    crate::tokens::preset(config, name)
 }
 
 fn preset_mismatch(extension: &str, preset: &[String]) -> ApiError {
