@@ -434,7 +434,8 @@ impl RouteTable {
 /// The route table's hasher: FxHash's multiply-rotate mix, a word at a time. The
 /// table's keys come from the configuration, never from clients, so SipHash's
 /// resistance to chosen collisions buys nothing there; it cost ~90 instructions per
-/// candidate prefix, two or more per request (issue 13).
+/// candidate prefix, two or more per request (issue 13). Only for maps whose keys no
+/// client can choose.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WordHasher(u64);
 
@@ -460,6 +461,10 @@ impl Hasher for WordHasher {
     }
 
     fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
         self.add(u64::from(i));
     }
 
