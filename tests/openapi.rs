@@ -739,6 +739,11 @@ async fn document_is_as_strict_as_the_server() {
             json!({"permissions": ["agreements:read", "all:read"]}),
             json!({"permissions": ["agreements:read", "integrations:read"]}),
         ),
+        // #14, campaign on 0613bdc: a module in both forms.
+        (
+            json!({"permissions": ["integrations", "agreements", "integrations:read"]}),
+            json!({"permissions": ["integrations", "agreements:read"]}),
+        ),
     ] {
         let (bad, good) = (create(bad), create(good));
         assert!(

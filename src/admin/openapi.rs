@@ -437,8 +437,8 @@ fn schemas(config: &Config) -> Value {
         "description": "An extension name from GET /v1/extensions (not its code)." });
     // Each name once, from the configuration; "all" only alone (a oneOf); `all:read`
     // only beside full permissions (an anyOf: without `all:read`, or without any other
-    // `:read` entry). One rule needs `contains`, which OpenAPI 3.0 lacks, and stays the
-    // server's (400 naming permissions): a module in both forms (`x` and `x:read`).
+    // `:read` entry); no module in both forms (`x` and `x:read`): OpenAPI 3.0 has no
+    // `contains`, but "contains x" is `not: {items: {not: {enum: [x]}}}` (#14).
     let names: Vec<String> = permission_names(config)
         .into_iter()
         .filter(|n| n != PERMISSION_ALL && n != PERMISSION_ALL_READ)
@@ -449,9 +449,16 @@ fn schemas(config: &Config) -> Value {
         .cloned()
         .chain([PERMISSION_ALL_READ.to_string()])
         .collect();
+    // "contains m and m:read" = not ("no item is m" or "no item is m:read").
+    let lacks = |x: &str| json!({ "type": "array", "items": { "not": { "enum": [x] } } });
+    let both_forms: Vec<Value> = names
+        .iter()
+        .filter(|n| !n.ends_with(":read"))
+        .map(|m| json!({ "not": { "anyOf": [lacks(m), lacks(&format!("{m}:read"))] } }))
+        .collect();
     let permissions = json!({
         "type": "array", "minItems": 1,
-        "description": "Module names from GET /v1/modules (plus `integrations`), each optionally `:read`, or exactly [\"all\"], or `all:read` beside full module permissions only (SPEC §8). Also refused (400): a module named twice (`x` and `x:read`).",
+        "description": "Module names from GET /v1/modules (plus `integrations`), each once, in full or as `:read` (not both), or exactly [\"all\"], or `all:read` beside full module permissions only (SPEC §8).",
         "oneOf": [
             { "type": "array", "minItems": 1, "maxItems": 1,
               "items": { "type": "string", "enum": [PERMISSION_ALL] } },
@@ -460,7 +467,8 @@ fn schemas(config: &Config) -> Value {
                   "items": { "type": "string", "enum": names } },
                 { "type": "array", "minItems": 1, "uniqueItems": true,
                   "items": { "type": "string", "enum": beside_all_read } },
-            ] },
+              ],
+              "not": { "anyOf": both_forms } },
         ],
     });
     // permissions may be left out only for an extension with preset permissions (the
