@@ -74,8 +74,8 @@ if [ "$ST_SECS" != 0 ]; then
   # with the same permissions. Full output: $SCHEMATHESIS_LOG.
   STLOG=${SCHEMATHESIS_LOG:-/tmp/keygate-schemathesis.log}
   # One worker, so that scenarios do not interleave (a "created resource not found"
-  # was first taken for such a race; it recurs with one worker and is open, see
-  # docs/hostile.md). scripts/schemathesis.toml says why one check is off for the
+  # was first taken for such a race; it was the hook's stand-in token having been
+  # deleted, see scripts/schemathesis_hooks.py and docs/hostile.md). scripts/schemathesis.toml says why one check is off for the
   # events operation. Every check is on by default; `--checks all` is not passed because
   # a check named on the command line overrides the file's per-operation setting (then
   # the stateful phase reported ST301 for the events operation anyway).
