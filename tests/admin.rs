@@ -929,6 +929,10 @@ async fn rotate_with_grace_then_old_secret_is_refused() {
         r#"{"grace_period": 5}"#,
         r#"{"grace_period": null}"#,
         r#"{"grace": "1s"}"#,
+        // Not JSON: only an empty body (no bytes) stands for "no fields".
+        " ",
+        "\n",
+        "[]",
     ] {
         let a = env
             .call(POST, &format!("/v1/tokens/{id}/rotate"), env.admin(), body)

@@ -188,9 +188,10 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// Like [`parse_json`], but an empty (or all-whitespace) body is `T::default()`.
+/// Like [`parse_json`], but an empty body (no bytes) is `T::default()`. A body of only
+/// whitespace is not JSON and is refused like any other malformed body.
 fn parse_optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.is_empty() {
         Ok(T::default())
     } else {
         parse_json(body)
