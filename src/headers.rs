@@ -71,7 +71,7 @@ pub fn head_size<B>(req: &Request<B>) -> usize {
 pub struct Scan<'a> {
     /// `Host` lines.
     pub hosts: u8,
-    /// `Authorization` lines, and the first one's value.
+    /// `Authorization` lines.
     pub authorizations: u8,
     /// The first `Authorization` value.
     pub authorization: Option<&'a HeaderValue>,

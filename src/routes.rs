@@ -93,9 +93,6 @@ const PLAIN: [bool; 256] = {
     table
 };
 
-/// Normalises the path part of an origin-form request target (no query; the
-/// caller splits it off).
-///
 /// A normalised request path: the request target's own when it already was in
 /// normal form (the common case: a reference-counted clone of what hyper parsed, no
 /// copy), else the normalised copy.
@@ -133,6 +130,9 @@ pub fn normalize_target(uri: &Uri) -> Result<NormalPath, PathError> {
     normalize_path(uri.path()).map(NormalPath::Normalised)
 }
 
+/// Normalises the path part of an origin-form request target (no query; the
+/// caller splits it off).
+///
 /// Returns the canonical path that is both matched against modules and
 /// forwarded upstream: unreserved characters decoded and other
 /// percent-encodings uppercased (RFC 3986 §6.2.2.1-2), repeated slashes
@@ -431,11 +431,11 @@ impl RouteTable {
     }
 }
 
-/// The route table's hasher: FxHash's multiply-rotate mix, a word at a time. The
-/// table's keys come from the configuration, never from clients, so SipHash's
-/// resistance to chosen collisions buys nothing there; it cost ~90 instructions per
-/// candidate prefix, two or more per request (issue 13). Only for maps whose keys no
-/// client can choose.
+/// A hasher for maps whose keys no client can choose: FxHash's multiply-rotate mix, a
+/// word at a time. Used by the route table (keys from the configuration), the
+/// statistics and the rate limiters (ids of tokens that presented their correct
+/// secret), where SipHash's resistance to chosen collisions buys nothing; it cost ~90
+/// instructions per candidate prefix, two or more per request (issue 13).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WordHasher(u64);
 

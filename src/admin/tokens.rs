@@ -23,7 +23,7 @@ use crate::store::Event;
 use crate::token::{PreviousSecret, Secret, Status, Token, TokenId, TokenView, rfc3339};
 use crate::tokens::{
     Expiry, NewToken, check_description, check_extension, check_external_id, check_name,
-    check_permissions, renewed_expiry, same_permissions,
+    check_permissions, preset, renewed_expiry, same_permissions,
 };
 
 /// Default page size of `GET /v1/tokens`.
@@ -316,11 +316,6 @@ struct CreateBody {
     quota: Option<Quota>,
     #[serde(default)]
     allowed_ips: Option<Vec<String>>,
-}
-
-/// The preset permissions of extension `name`, if it fixes them (SPEC §8).
-fn preset<'c>(config: &'c crate::config::Config, name: &str) -> Option<&'c Vec<String>> {
-    crate::tokens::preset(config, name)
 }
 
 fn preset_mismatch(extension: &str, preset: &[String]) -> ApiError {

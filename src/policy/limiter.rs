@@ -14,11 +14,12 @@
 //! its shard's write lock (one lock per request, never held across an await): tokens
 //! without limits or quota never create an entry.
 
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasherDefault;
 
 use dashmap::DashMap;
 
 use super::{Period, Policy, Quota};
+use crate::routes::WordHasher;
 use crate::token::TokenId;
 
 /// Limit state: the theoretical arrival time in units of `1/N` ms.
@@ -135,44 +136,6 @@ struct QuotaState {
     reported: i64,
 }
 
-/// Hashes token ids for the limiter's map. The ids are keygate's (only a stored token
-/// that presented its secret reaches the limiter), so a multiplicative hash is enough
-/// and SipHash's resistance to chosen keys buys nothing here.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct IdHash;
-
-impl BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-/// See [`IdHash`].
-#[derive(Debug, Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        // hashbrown takes the bucket from the low bits, dashmap the shard from the high.
-        self.0 ^ (self.0 >> 32)
-    }
-}
-
 #[derive(Debug, Default)]
 struct TokenState {
     limits: Vec<LimitState>,
@@ -248,7 +211,7 @@ impl TokenState {
 /// The rate-limit and quota state of every token with limits or a quota seen here.
 #[derive(Default)]
 pub struct Limiters {
-    tokens: DashMap<u32, TokenState, IdHash>,
+    tokens: DashMap<u32, TokenState, BuildHasherDefault<WordHasher>>,
 }
 
 impl Limiters {
