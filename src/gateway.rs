@@ -70,7 +70,7 @@ pub async fn handle(
         authorization: scan.authorization.cloned(),
     };
     let result = proxy_request(&shared, &rt, &mut ctx, &exchange, req, head, &conn).await;
-    logging(&shared, &rt, &ctx, exchange, result)
+    logging(&shared, &rt, ctx, exchange, result)
 }
 
 /// The phases from the request head to the upstream's response head.
@@ -275,7 +275,7 @@ fn limits_answer(
 fn logging(
     shared: &Shared,
     rt: &Runtime,
-    ctx: &Ctx,
+    mut ctx: Ctx,
     exchange: Exchange,
     result: Result<Response<ResBody>, ApiError>,
 ) -> Response<ResBody> {
@@ -293,10 +293,11 @@ fn logging(
         error,
         elapsed,
     } = exchange.finish(result, Either::Left, "request", line);
-    if let Some((policy_header, state)) = &ctx.ratelimit {
+    // Moved, not cloned: a clone of the fresh `RateLimit` value would allocate.
+    if let Some((policy_header, state)) = ctx.ratelimit.take() {
         let h = response.headers_mut();
-        h.insert(policy::RATELIMIT_POLICY, policy_header.clone());
-        h.insert(policy::RATELIMIT, state.clone());
+        h.insert(policy::RATELIMIT_POLICY, policy_header);
+        h.insert(policy::RATELIMIT, state);
     }
     let modules = rt.module_metrics(&shared.metrics);
     let slot = modules.slot(ctx.module);

@@ -70,8 +70,6 @@ pub struct Pool<B> {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// One permit per open connection.
     permits: Arc<Semaphore>,
-    /// The number of permits.
-    max_connections: usize,
     /// Idle connections, newest last, one stack per worker thread.
     shards: Box<[Mutex<Vec<Idle<B>>>]>,
     /// Requests waiting at the limit.
@@ -148,19 +146,12 @@ where
             upstream,
             tls,
             permits: Arc::new(Semaphore::new(max_connections)),
-            max_connections,
             shards: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
             waiting: AtomicUsize::new(0),
             returned: Notify::new(),
             tick: AtomicU32::new(0),
             reaper: std::sync::Once::new(),
         }))
-    }
-
-    /// Open connections (idle or busy).
-    pub fn open_connections(&self) -> usize {
-        // Permits are never added or forgotten after `new`.
-        self.max_connections - self.permits.available_permits().min(self.max_connections)
     }
 
     /// Sends `req` on an idle or new connection and returns the response head; the
