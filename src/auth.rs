@@ -208,7 +208,8 @@ mod tests {
         let same = |h: &HeaderMap| {
             let a = presented(h).map(|p| format!("{p:?}"));
             let scan = crate::headers::scan(h);
-            let b = presented_in(scan.authorizations, scan.authorization).map(|p| format!("{p:?}"));
+            let b = presented_in(scan.authorizations, scan.authorization.as_ref())
+                .map(|p| format!("{p:?}"));
             assert_eq!(a, b);
         };
         same(&h);

@@ -26,15 +26,6 @@ use crate::state::{Runtime, Shared};
 use crate::store::AuthEntry;
 use crate::token::TokenId;
 
-/// What the phases take from the request head's [`headers::scan`], made in `handle`
-/// (the request is moved into the phases, so the scan's borrow cannot go with it).
-struct Head {
-    /// Counts and presence bits.
-    scan: Scan<'static>,
-    /// The first `Authorization` value (a reference-counted clone).
-    authorization: Option<HeaderValue>,
-}
-
 /// What the phases learn about a request that `logging` needs, whatever the outcome.
 #[derive(Default)]
 struct Ctx {
@@ -65,11 +56,7 @@ pub async fn handle(
     let exchange = Exchange::begin_with(req.method(), client_id, &shared.request_ids);
     let rt = shared.runtime.load_full();
     let mut ctx = Ctx::default();
-    let head = Head {
-        scan: scan.flags(),
-        authorization: scan.authorization.cloned(),
-    };
-    let result = proxy_request(&shared, &rt, &mut ctx, &exchange, req, head, &conn).await;
+    let result = proxy_request(&shared, &rt, &mut ctx, &exchange, req, scan, &conn).await;
     logging(&shared, &rt, ctx, exchange, result)
 }
 
@@ -80,10 +67,9 @@ async fn proxy_request(
     ctx: &mut Ctx,
     exchange: &Exchange,
     req: Request<Incoming>,
-    head: Head,
+    scan: Scan,
     conn: &ConnInfo,
 ) -> Result<Response<ResBody>, ApiError> {
-    let scan = head.scan;
     let path = ctx
         .path
         .insert(request_filter(
@@ -95,7 +81,7 @@ async fn proxy_request(
     // Looked up before authenticating only to label the metrics of auth failures; the
     // order of the checks (SPEC §2) is upstream_peer's.
     ctx.module = rt.routes.lookup(path);
-    let presented = auth::presented_in(scan.authorizations, head.authorization.as_ref());
+    let presented = auth::presented_in(scan.authorizations, scan.authorization.as_ref());
     // One clock read for the grace period of a previous secret, the expiry and the
     // rate limits.
     let now = Timestamp::now();
@@ -118,7 +104,7 @@ async fn proxy_request(
     let version = req.version();
     let upstream_req = proxy::upstream_request_filter(
         req,
-        scan,
+        &scan,
         path,
         &peer,
         &entry,
@@ -135,7 +121,7 @@ async fn proxy_request(
 /// [`headers::scan`] of the request's headers.
 fn request_filter(
     req: &Request<Incoming>,
-    scan: &Scan<'_>,
+    scan: &Scan,
     max_header_bytes: usize,
 ) -> Result<NormalPath, ApiError> {
     if headers::head_size(req) > max_header_bytes {

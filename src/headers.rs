@@ -67,14 +67,15 @@ pub fn head_size<B>(req: &Request<B>) -> usize {
 /// the later phases need (SPEC §2's Host, Authorization and `X-Request-Id` rules, the
 /// 413 check, the header policy). Each would otherwise be a hashed lookup of its own:
 /// the request path looked names up ~10 times, ~100–160 instructions each (issue 13).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Scan<'a> {
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
     /// `Host` lines.
     pub hosts: u8,
     /// `Authorization` lines.
     pub authorizations: u8,
-    /// The first `Authorization` value.
-    pub authorization: Option<&'a HeaderValue>,
+    /// The first `Authorization` value (a reference-counted clone: the scan outlives
+    /// the borrow of the request, which moves on into the phases).
+    pub authorization: Option<HeaderValue>,
     /// `X-Request-Id` lines.
     pub request_ids: u8,
     /// A `Content-Length` line.
@@ -89,33 +90,18 @@ pub struct Scan<'a> {
     pub forwarded_host: bool,
 }
 
-impl Scan<'_> {
-    /// The presence bits and counts alone, without the borrowed value.
-    pub fn flags(&self) -> Scan<'static> {
-        Scan {
-            hosts: self.hosts,
-            authorizations: self.authorizations,
-            authorization: None,
-            request_ids: self.request_ids,
-            content_length: self.content_length,
-            hop_by_hop: self.hop_by_hop,
-            keygate: self.keygate,
-            forwarded_for: self.forwarded_for,
-            forwarded_host: self.forwarded_host,
-        }
-    }
-}
-
 /// One pass over `headers` (names compare as enums for standard headers, by length
 /// first for the others): see [`Scan`].
-pub fn scan(headers: &HeaderMap) -> Scan<'_> {
+pub fn scan(headers: &HeaderMap) -> Scan {
     let mut s = Scan::default();
     for (name, value) in headers {
         if *name == HOST {
             s.hosts = s.hosts.saturating_add(1);
         } else if *name == AUTHORIZATION {
             s.authorizations = s.authorizations.saturating_add(1);
-            s.authorization.get_or_insert(value);
+            if s.authorization.is_none() {
+                s.authorization = Some(value.clone());
+            }
         } else if *name == CONTENT_LENGTH {
             s.content_length = true;
         } else if *name == TE || HOP_BY_HOP.contains(name) {
@@ -345,7 +331,7 @@ mod tests {
         let s = scan(&h);
         assert_eq!((s.hosts, s.authorizations, s.request_ids), (2, 2, 1));
         assert_eq!(
-            s.authorization.map(HeaderValue::as_bytes),
+            s.authorization.as_ref().map(HeaderValue::as_bytes),
             Some(&b"ApiKey 1"[..])
         );
         assert!(s.content_length && s.forwarded_for && s.forwarded_host && s.keygate);
@@ -366,7 +352,7 @@ mod tests {
             (none.hosts, none.authorizations, none.request_ids),
             (0, 0, 0)
         );
-        assert!(none.flags().authorization.is_none());
+        assert!(none.authorization.is_none());
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub struct Peer<'a> {
 #[allow(clippy::too_many_arguments)]
 pub fn upstream_request_filter(
     mut req: Request<Incoming>,
-    scan: Scan<'static>,
+    scan: &Scan,
     path: &str,
     peer: &Peer<'_>,
     entry: &AuthEntry,
@@ -209,7 +209,7 @@ pub struct HeaderPolicy<'a> {
 /// `Authorization` out unless forwarded, then keygate's own headers in. `scan` (of `h`,
 /// [`headers::scan`]) says which rules have work: a request without hop-by-hop,
 /// `x-keygate-*` or `X-Forwarded-*` headers costs only the inserts.
-pub fn filter_request_headers(h: &mut http::HeaderMap, scan: Scan<'_>, p: HeaderPolicy<'_>) {
+pub fn filter_request_headers(h: &mut http::HeaderMap, scan: &Scan, p: HeaderPolicy<'_>) {
     // The client's Host as sent, even when a `Connection` line names it.
     let mut named_host = None;
     if scan.hop_by_hop {
@@ -597,11 +597,11 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let scan = headers::scan(&h).flags();
+        let scan = headers::scan(&h);
         let v = HeaderValue::from_static;
         filter_request_headers(
             &mut h,
-            scan,
+            &scan,
             HeaderPolicy {
                 forward_authorization: c.forward_authorization,
                 preserve_host: c.preserve_host,

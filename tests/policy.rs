@@ -51,6 +51,24 @@ async fn burst(gws: &[&TestGateway], key: &str, n: usize) -> Vec<Answer> {
     futures_util::future::join_all(calls).await
 }
 
+/// The status of a GET of `path` with `key`.
+async fn status_of(gw: &TestGateway, path: &str, key: &str) -> StatusCode {
+    call(gw, Method::GET, path, key).await.status
+}
+
+/// Token `id` as `GET /v1/tokens/{id}` shows it.
+async fn token_json(gw: &TestGateway, admin: &str, id: &str) -> Value {
+    admin_call(
+        gw,
+        Method::GET,
+        &format!("/v1/tokens/{id}"),
+        Some(admin),
+        "",
+    )
+    .await
+    .json()
+}
+
 fn count(answers: &[Answer], status: StatusCode) -> usize {
     answers.iter().filter(|a| a.status == status).count()
 }
@@ -94,12 +112,7 @@ async fn read_permissions_allow_only_get_head_options() {
         json!({"name": "ar", "permissions": ["all:read", "billing"]}),
     )
     .await;
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/agreements", &key)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(status_of(&gw, "/public/v1/agreements", &key).await, 200);
     assert_eq!(
         call(&gw, Method::POST, "/public/v1/agreements", &key)
             .await
@@ -144,12 +157,7 @@ async fn allowed_ips_use_the_peer_and_ignore_a_spoofed_forwarded_for() {
         json!({"name": "lo", "permissions": ["agreements"], "allowed_ips": ["127.0.0.0/8"]}),
     )
     .await;
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/agreements", &inside)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(status_of(&gw, "/public/v1/agreements", &inside).await, 200);
     assert_eq!(
         metric(&gw, "keygate_auth_failures_total{reason=\"ip\"}").await,
         3.0
@@ -174,12 +182,7 @@ async fn allowed_ips_use_the_peer_and_ignore_a_spoofed_forwarded_for() {
     ] {
         assert_eq!(with_xff(&gw, &key, xff).await.status, want, "{xff}");
     }
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/agreements", &key)
-            .await
-            .status,
-        403
-    );
+    assert_eq!(status_of(&gw, "/public/v1/agreements", &key).await, 403);
 }
 
 #[tokio::test]
@@ -289,15 +292,7 @@ async fn quota_is_exact_all_or_nothing_and_survives_a_restart() {
     let midnight = (now / 86_400 + 1) * 86_400;
     let retry: i64 = header(refused[0], "retry-after").parse().unwrap();
     assert!((midnight - now - retry).abs() <= 2, "{retry}");
-    let t = admin_call(
-        &gw,
-        Method::GET,
-        &format!("/v1/tokens/{id}"),
-        Some(&admin),
-        "",
-    )
-    .await
-    .json();
+    let t = token_json(&gw, &admin, &id).await;
     assert_eq!(t["quota_usage"]["used"], 3);
     let day = jiff::Timestamp::from_second(midnight - 86_400)
         .unwrap()
@@ -335,15 +330,7 @@ async fn quota_is_exact_all_or_nothing_and_survives_a_restart() {
     // A graceful restart keeps the count.
     let dir = gw.stop_keep_dir().await;
     let gw = spawn_gateway_in(&toml, dir).await;
-    let t = admin_call(
-        &gw,
-        Method::GET,
-        &format!("/v1/tokens/{id}"),
-        Some(&admin),
-        "",
-    )
-    .await
-    .json();
+    let t = token_json(&gw, &admin, &id).await;
     assert_eq!(t["quota_usage"]["used"], 4);
     // PATCH with null clears the quota and the limits.
     let patch = json!({"quota": null, "rate_limits": null}).to_string();
@@ -360,12 +347,7 @@ async fn quota_is_exact_all_or_nothing_and_survives_a_restart() {
         (Value::Null, Value::Null)
     );
     assert_eq!(a.json()["rate_limits"], json!([]));
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/agreements", &key)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(status_of(&gw, "/public/v1/agreements", &key).await, 200);
 }
 
 #[tokio::test]
@@ -637,45 +619,15 @@ async fn a_reloaded_preset_applies_to_existing_tokens() {
         json!({"name": "c", "permissions": ["billing"]}),
     )
     .await;
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/billing", &key)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(status_of(&gw, "/public/v1/billing", &key).await, 200);
 
     gw.write_config(&toml("[\"agreements:read\"]"));
     gw.reload.reload().await.unwrap();
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/billing", &key)
-            .await
-            .status,
-        403
-    );
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/agreements", &key)
-            .await
-            .status,
-        200
-    );
-    let put = send(
-        &client(),
-        Method::PUT,
-        &gw.url("/public/v1/agreements"),
-        Some(&key),
-        Bytes::new(),
-    )
-    .await;
+    assert_eq!(status_of(&gw, "/public/v1/billing", &key).await, 403);
+    assert_eq!(status_of(&gw, "/public/v1/agreements", &key).await, 200);
+    let put = call(&gw, Method::PUT, "/public/v1/agreements", &key).await;
     assert_eq!(put.status, 403);
-    let t = admin_call(
-        &gw,
-        Method::GET,
-        &format!("/v1/tokens/{id}"),
-        Some(&admin),
-        "",
-    )
-    .await
-    .json();
+    let t = token_json(&gw, &admin, &id).await;
     assert_eq!(t["permissions"], json!(["agreements:read"]));
     let events = admin_call(
         &gw,
@@ -690,38 +642,15 @@ async fn a_reloaded_preset_applies_to_existing_tokens() {
     assert_eq!(last["action"], "updated", "{events}");
     assert_eq!(last["fields"], json!(["permissions"]), "{events}");
     // Tokens of other extensions are untouched.
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/billing", &other_key)
-            .await
-            .status,
-        200
-    );
-    let t = admin_call(
-        &gw,
-        Method::GET,
-        &format!("/v1/tokens/{other}"),
-        Some(&admin),
-        "",
-    )
-    .await
-    .json();
+    assert_eq!(status_of(&gw, "/public/v1/billing", &other_key).await, 200);
+    let t = token_json(&gw, &admin, &other).await;
     assert_eq!(t["permissions"], json!(["billing"]));
 
     // A preset changed while keygate was stopped applies at the next start.
     let dir = gw.stop_keep_dir().await;
     let gw = spawn_gateway_in(&toml("[\"billing:read\"]"), dir).await;
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/billing", &key)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/agreements", &key)
-            .await
-            .status,
-        403
-    );
+    assert_eq!(status_of(&gw, "/public/v1/billing", &key).await, 200);
+    assert_eq!(status_of(&gw, "/public/v1/agreements", &key).await, 403);
 }
 
 /// Regression: deleting a token left its rate-limit/quota state in the limiter and its
@@ -745,12 +674,7 @@ async fn deleting_a_token_drops_its_limiter_state_and_quota_row() {
                "quota": {"requests": 10, "period": "day"}}),
     )
     .await;
-    assert_eq!(
-        call(&gw, Method::GET, "/public/v1/agreements", &key)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(status_of(&gw, "/public/v1/agreements", &key).await, 200);
     let tid: keygate::token::TokenId = id.parse().unwrap();
     let keygate::store::Store::Embedded(store) = &gw.shared.store else {
         panic!("embedded store expected")

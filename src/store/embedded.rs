@@ -203,13 +203,7 @@ impl EmbeddedStore {
         let existed = {
             let mut table = txn.open_table(TOKENS).map_err(unavailable)?;
             let existed = table.remove(id.number()).map_err(unavailable)?.is_some();
-            let mut retired = txn.open_table(RETIRED).map_err(unavailable)?;
-            retired.insert(id.number(), ()).map_err(unavailable)?;
-            let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
-            last_used.remove(id.number()).map_err(unavailable)?;
-            let mut quotas = txn.open_table(QUOTAS).map_err(unavailable)?;
-            quotas.remove(id.number()).map_err(unavailable)?;
-            remove_markers(&txn, id)?;
+            retire(&txn, id)?;
             existed
         };
         txn.commit().map_err(unavailable)?;
@@ -235,13 +229,7 @@ impl EmbeddedStore {
                 return Ok(false);
             }
             table.remove(id.number()).map_err(unavailable)?;
-            let mut retired = txn.open_table(RETIRED).map_err(unavailable)?;
-            retired.insert(id.number(), ()).map_err(unavailable)?;
-            let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
-            last_used.remove(id.number()).map_err(unavailable)?;
-            let mut quotas = txn.open_table(QUOTAS).map_err(unavailable)?;
-            quotas.remove(id.number()).map_err(unavailable)?;
-            remove_markers(&txn, id)?;
+            retire(&txn, id)?;
         }
         push_events(&txn, id, events)?;
         txn.commit().map_err(unavailable)?;
@@ -533,6 +521,18 @@ fn push_events(
             .map_err(unavailable)?;
     }
     Ok(written)
+}
+
+/// Retires a deleted token's id (never handed out again) and drops what was kept per
+/// token beside it: last use, quota count, event markers.
+fn retire(txn: &redb::WriteTransaction, id: TokenId) -> StoreResult<()> {
+    let mut retired = txn.open_table(RETIRED).map_err(unavailable)?;
+    retired.insert(id.number(), ()).map_err(unavailable)?;
+    let mut last_used = txn.open_table(LAST_USED).map_err(unavailable)?;
+    last_used.remove(id.number()).map_err(unavailable)?;
+    let mut quotas = txn.open_table(QUOTAS).map_err(unavailable)?;
+    quotas.remove(id.number()).map_err(unavailable)?;
+    remove_markers(txn, id)
 }
 
 /// Forgets a deleted token's once-markers.
