@@ -12,6 +12,27 @@ use serde::{Deserialize, Serialize};
 pub struct Cidr {
     addr: IpAddr,
     len: u8,
+    /// `addr` and its prefix as 128-bit words ([`key`]), worked out once: a match is
+    /// one mask and one comparison (every request of a token with `allowed_ips`).
+    net: u128,
+    mask: u128,
+    v4: bool,
+}
+
+/// An address as one 128-bit word: IPv6 as it is, IPv4 as `::ffff:a.b.c.d`, plus
+/// whether it is IPv4 — an IPv6 network never holds an IPv4 client, even `::/0` or
+/// `::ffff:0:0/96`. Clients are keyed in [`canonical`] form (an IPv4-mapped IPv6
+/// client is its IPv4 address); networks as written.
+fn key(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(a) => (u128::from(a.to_ipv6_mapped()), true),
+        IpAddr::V6(a) => (u128::from(a), false),
+    }
+}
+
+/// The network mask of a `len`-bit prefix of a 128-bit word.
+fn mask128(len: u32) -> u128 {
+    u128::MAX.checked_shl(128 - len).unwrap_or(0)
 }
 
 impl Cidr {
@@ -33,55 +54,47 @@ impl Cidr {
                 _ => return Err(format!("{:?}: the prefix length must be 0-{max}", short(s))),
             },
         };
-        let c = Cidr { addr, len };
-        if c.network() != addr {
+        let network = network(addr, len);
+        if network != addr {
             return Err(format!(
-                "{:?} has host bits set below /{len} (did you mean {}?)",
+                "{:?} has host bits set below /{len} (did you mean {}/{len}?)",
                 short(s),
-                Cidr {
-                    addr: c.network(),
-                    len
-                }
+                network
             ));
         }
-        Ok(c)
-    }
-
-    fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        }
+        let (net, v4) = key(addr);
+        let bits = if v4 {
+            96 + u32::from(len)
+        } else {
+            u32::from(len)
+        };
+        Ok(Cidr {
+            addr,
+            len,
+            net,
+            mask: mask128(bits),
+            v4,
+        })
     }
 
     /// Whether `ip` is inside (an IPv4-mapped IPv6 address counts as its IPv4 form).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.contains_canonical(canonical(ip))
+        self.contains_key(key(canonical(ip)))
     }
 
-    /// [`Cidr::contains`] for an address already in [`canonical`] form.
-    fn contains_canonical(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(ip) & mask == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(ip) & mask == u128::from(net)
-            }
-            _ => false,
+    fn contains_key(&self, (ip, v4): (u128, bool)) -> bool {
+        v4 == self.v4 && ip & self.mask == self.net
+    }
+}
+
+/// `addr` with the bits below a `len`-bit prefix cleared.
+fn network(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
         }
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(u32::from(len))).into()),
     }
 }
 
@@ -121,8 +134,8 @@ impl<'de> Deserialize<'de> for Cidr {
 
 /// Whether any of `nets` contains `ip`.
 pub fn any_contains(nets: &[Cidr], ip: IpAddr) -> bool {
-    let ip = canonical(ip);
-    nets.iter().any(|n| n.contains_canonical(ip))
+    let ip = key(canonical(ip));
+    nets.iter().any(|n| n.contains_key(ip))
 }
 
 /// `s` cut to 64 characters for a message.
@@ -155,6 +168,27 @@ mod tests {
                 .unwrap()
                 .contains("1.2.3.4".parse().unwrap())
         );
+        // An IPv6 network never holds an IPv4 client, even one that covers the
+        // IPv4-mapped range; an IPv4 network holds the IPv4-mapped form.
+        for v6 in ["::/0", "::ffff:0:0/96"] {
+            let c = Cidr::parse(v6).unwrap();
+            assert!(!c.contains("10.1.1.1".parse().unwrap()), "{v6}");
+            assert!(!c.contains("::ffff:10.1.1.1".parse().unwrap()), "{v6}");
+        }
+        assert!(
+            Cidr::parse("::/0")
+                .unwrap()
+                .contains("2001:db8::1".parse().unwrap())
+        );
+        let c = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(c.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!c.contains("2001:db9::1".parse().unwrap()));
+        let one = Cidr::parse("192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.6".parse().unwrap()));
+        assert!(!one.contains("::ffff:192.0.2.8".parse().unwrap()));
+        assert!(any_contains(&[one, c], "::ffff:192.0.2.7".parse().unwrap()));
+        assert!(!any_contains(&[], "192.0.2.7".parse().unwrap()));
         for bad in [
             "10.1.2.3/8",
             "10.0.0.0/33",
@@ -166,6 +200,44 @@ mod tests {
             "1.2.3.4/+8",
         ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The 128-bit match agrees with matching each family in its own width.
+    #[test]
+    fn wide_match_agrees_with_per_family_match() {
+        let by_family = |c: &Cidr, ip: IpAddr| match (c.addr, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(c.len)).unwrap_or(0);
+                u32::from(a) & m == u32::from(n)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                u128::from(a) & mask128(c.len.into()) == u128::from(n)
+            }
+            _ => false,
+        };
+        let v4: [IpAddr; 4] = [
+            "10.1.2.3".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "0.0.0.0".parse().unwrap(),
+            "::ffff:10.1.2.3".parse().unwrap(),
+        ];
+        let v6: [IpAddr; 3] = [
+            "2001:db8::1".parse().unwrap(),
+            "ffff::".parse().unwrap(),
+            "::".parse().unwrap(),
+        ];
+        for ip in v4.iter().chain(&v6) {
+            for len in 0..=128u32 {
+                for (base, max) in [(v4[0], 32), (v4[1], 32), (v6[0], 128), (v6[1], 128)] {
+                    if len > max {
+                        continue;
+                    }
+                    let addr = network(base, len as u8);
+                    let c = Cidr::parse(&format!("{addr}/{len}")).unwrap();
+                    assert_eq!(c.contains(*ip), by_family(&c, *ip), "{c} {ip}");
+                }
+            }
         }
     }
 }

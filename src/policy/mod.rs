@@ -73,21 +73,18 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
 }
 
 /// The `RateLimit` header for the limit with the fewest requests left:
-/// `"<label>";r=<remaining>;t=<seconds>`, written into one buffer (every answer of a
-/// token with rate limits carries it; `format!` and a copy into the value cost more
-/// than the limiter itself).
+/// `"<label>";r=<remaining>;t=<seconds>`, written into one buffer of exactly its length
+/// (every answer of a token with rate limits carries it; `Bytes` takes that buffer as it
+/// is, one allocation).
 pub fn ratelimit_header(policy: &Policy, state: &limiter::Headroom) -> Option<HeaderValue> {
-    let l = policy.limits.get(state.index)?;
-    // Exactly this long, so that `Bytes` takes the buffer as it is (one allocation).
-    let len =
-        1 + l.label.len() + 4 + decimal_len(state.remaining) + 3 + decimal_len(state.reset_secs);
-    let mut v = Vec::with_capacity(len);
-    v.push(b'"');
-    v.extend_from_slice(l.label.as_bytes());
-    v.extend_from_slice(b"\";r=");
-    push_decimal(&mut v, state.remaining);
-    v.extend_from_slice(b";t=");
-    push_decimal(&mut v, state.reset_secs);
+    let prefix = &policy.limits.get(state.index)?.ratelimit_prefix;
+    let (p, r) = (prefix.len(), decimal_len(state.remaining));
+    let t = p + r + 3;
+    let mut v = vec![0; t + decimal_len(state.reset_secs)];
+    v[..p].copy_from_slice(prefix);
+    write_decimal(&mut v[p..p + r], state.remaining);
+    v[p + r..t].copy_from_slice(b";t=");
+    write_decimal(&mut v[t..], state.reset_secs);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
 }
 
@@ -103,20 +100,19 @@ const DIGIT_PAIRS: &[u8; 200] = b"\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    while n >= 10 {
+/// Writes `n` in decimal into `out`, which is [`decimal_len`]`(n)` bytes long, from
+/// the right, two digits at a time.
+fn write_decimal(out: &mut [u8], mut n: u64) {
+    let mut at = out.len();
+    while n >= 10 && at >= 2 {
         let pair = (n % 100) as usize * 2;
         n /= 100;
         at -= 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        out[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
     }
-    if n > 0 || at == digits.len() {
-        at -= 1;
-        digits[at] = b'0' + n as u8;
+    if let Some(last) = at.checked_sub(1).and_then(|i| out.get_mut(i)) {
+        *last = b'0' + (n % 10) as u8;
     }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// `RateLimit-Policy` and `RateLimit` for an answer of a token with rate limits.
@@ -364,15 +360,14 @@ mod tests {
         let mut n = 1u64;
         for _ in 0..19 {
             for x in [n - 1, n, n + 1, n * 5, n * 9 + 8] {
-                let mut v = Vec::new();
-                push_decimal(&mut v, x);
+                let mut v = vec![0; decimal_len(x)];
+                write_decimal(&mut v, x);
                 assert_eq!(v, x.to_string().as_bytes());
-                assert_eq!(decimal_len(x), v.len());
             }
             n *= 10;
         }
-        let mut v = Vec::new();
-        push_decimal(&mut v, u64::MAX);
+        let mut v = vec![0; decimal_len(u64::MAX)];
+        write_decimal(&mut v, u64::MAX);
         assert_eq!(v, u64::MAX.to_string().as_bytes());
     }
 
