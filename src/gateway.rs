@@ -240,7 +240,7 @@ fn limits_answer(
                 tracing::info!(token = %id, "quota exceeded for the current period");
                 let store = shared.store.clone();
                 let start = Timestamp::from_second(period_start).unwrap_or(Timestamp::UNIX_EPOCH);
-                tokio::spawn(async move {
+                shared.background.spawn(async move {
                     if let Err(e) =
                         crate::events::quota_exceeded(&store, id, start, Timestamp::now()).await
                     {

@@ -52,6 +52,7 @@ use crate::tls::ServerTls;
 use crate::tokens::Tokens;
 
 pub use crate::reload::ReloadHandle;
+pub use crate::server::Workers;
 
 /// The two bound listeners.
 pub struct Listeners {
@@ -188,6 +189,7 @@ impl Gateway {
             stats,
             metrics,
             limiters,
+            background: tokio::runtime::Handle::current(),
         });
         let reload = ReloadHandle {
             shared: Arc::clone(&shared),
@@ -219,12 +221,25 @@ impl Gateway {
     }
 
     /// Serves both listeners until `shutdown` resolves, then drains in-flight requests
-    /// and flushes the statistics before returning.
+    /// and flushes the statistics before returning. Everything runs on this runtime.
     pub async fn run(
         self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
+        self.run_with_workers(listeners, None, shutdown).await;
+    }
+
+    /// [`Gateway::run`] with the proxy's connections served on `workers` (thread per
+    /// core, `proxy.workers` ≥ 2); the admin listener and the background tasks stay on
+    /// this runtime. The workers end after the proxy listener has drained.
+    pub async fn run_with_workers(
+        self,
+        listeners: Listeners,
+        workers: Option<server::Workers>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let workers = workers.map(Arc::new);
         let rt = self.shared.runtime.load_full();
         let p = &rt.config.proxy;
         let limits = Limits {
@@ -259,6 +274,7 @@ impl Gateway {
             listeners.proxy,
             limits,
             proxy_tls,
+            workers.clone(),
             move |req, conn| gateway::handle(Arc::clone(&proxy_shared), req, conn),
             stopped(stop_rx.clone()),
         ));
@@ -284,6 +300,7 @@ impl Gateway {
             listeners.admin,
             admin_limits,
             admin_tls,
+            None,
             move |req, conn| admin::handle(Arc::clone(&admin_shared), req, conn),
             stopped(stop_rx.clone()),
         ));
@@ -304,6 +321,10 @@ impl Gateway {
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = proxy.await;
+        // The proxy's connections are all closed: its workers have nothing left to do.
+        if let Some(w) = workers.and_then(Arc::into_inner) {
+            w.stop().await;
+        }
         let _ = admin.await;
         let _ = flush_task.await;
         let _ = scanner.await;

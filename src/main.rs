@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::config::{Config, DEFAULT_CONFIG_PATH};
-use keygate::{Gateway, Listeners, ReloadHandle};
+use keygate::{Gateway, Listeners, ReloadHandle, Workers};
 
 /// mimalloc instead of glibc's malloc: fewer instructions per allocation on the request
 /// path, and memory freed after a burst goes back to the system instead of staying in
@@ -129,24 +129,29 @@ const BLOCKING_THREADS: usize = 16;
 fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     let _log_guard = init_logging(format)?;
     let config = load(path)?;
-    // One worker: a current-thread runtime serves everything on this thread, without
-    // the work-stealing scheduler's cross-thread wake-ups (the load test's setting).
-    let mut rt = match config.proxy.workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let rt = rt
+    let workers = config.proxy.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // This thread's runtime serves the admin listener, accepts the proxy's connections
+    // and runs the background tasks. One worker: it also serves the proxy's
+    // connections. More: each worker thread has its own runtime and serves the
+    // connections handed to it (thread per core, see keygate::Workers), with no work
+    // stealing and no wake-ups across threads on the request path.
+    let configure = |b: &mut tokio::runtime::Builder| {
         // Freed memory back to the system after a burst (see collect_when_idle).
-        .on_thread_park(collect_when_idle)
-        .max_blocking_threads(BLOCKING_THREADS)
+        b.on_thread_park(collect_when_idle)
+            .max_blocking_threads(BLOCKING_THREADS);
+    };
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    configure(&mut builder);
+    let rt = builder
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let workers = match workers {
+        1 => None,
+        n => Some(Workers::start(n, configure).context("cannot start the worker threads")?),
+    };
     rt.block_on(async move {
         // Installed before anything slow: SIGHUP's default action ends the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -167,7 +172,9 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
             "keygate listening"
         );
         tokio::spawn(reload_on_hangup(hangups, gateway.reload_handle()));
-        gateway.run(listeners, shutdown_signal()).await;
+        gateway
+            .run_with_workers(listeners, workers, shutdown_signal())
+            .await;
         anyhow::Ok(())
     })
 }

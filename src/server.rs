@@ -18,6 +18,9 @@
 //! - when every slot is taken, connections that are idle (no request in flight, no
 //!   bytes of a head received) are closed to make room for the waiting ones;
 //! - the listen backlog is [`LISTEN_BACKLOG`] so bursts wait in the kernel, not fail.
+//!
+//! With [`Workers`] (thread per core), the accept loop hands each connection to one
+//! worker thread, and the connection is served there from then on.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -171,13 +174,124 @@ enum Phase {
     Closing,
 }
 
+/// Worker threads that serve a listener's connections (thread per core): each runs its
+/// own current-thread runtime. The accept loop hands every connection to the next
+/// worker in turn, and everything of that connection — its requests, the upstream
+/// connections they use (the upstream pool keeps idle connections per thread), its
+/// timers — stays on that thread: no work stealing, no wake-ups across threads on the
+/// request path. Limits, drain and the connection count stay the accept loop's, for
+/// all workers together.
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` (≥ 1) worker threads; `configure` completes each runtime's builder
+    /// (I/O and time are enabled here).
+    pub fn start(
+        n: usize,
+        configure: impl Fn(&mut tokio::runtime::Builder),
+    ) -> std::io::Result<Workers> {
+        let mut workers = Workers {
+            handles: Vec::with_capacity(n),
+            next: AtomicUsize::new(0),
+            stops: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+        };
+        for i in 0..n.max(1) {
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all();
+            configure(&mut builder);
+            let rt = builder.build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            workers.handles.push(rt.handle().clone());
+            workers.stops.push(stop);
+            // The runtime ends on its own thread when told to (or when `Workers` is
+            // dropped): the tasks still there, idle upstream connections, are dropped.
+            let thread = std::thread::Builder::new()
+                .name(format!("keygate-worker-{i}"))
+                .spawn(move || {
+                    let _ = rt.block_on(stopped);
+                })?;
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    /// The workers `proxy.workers` asks for (unset: one per core): `None` for one, as
+    /// that one is the calling runtime's thread.
+    pub fn for_config(
+        workers: Option<usize>,
+        configure: impl Fn(&mut tokio::runtime::Builder),
+    ) -> std::io::Result<Option<Workers>> {
+        let n = workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if n <= 1 {
+            return Ok(None);
+        }
+        Workers::start(n, configure).map(Some)
+    }
+
+    /// How many worker threads there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Always false: there is at least one worker.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Serves a connection on the next worker: the socket leaves this runtime's
+    /// reactor and joins the worker's, so its readiness wakes that thread only.
+    fn hand_over<S, F>(&self, stream: tokio::net::TcpStream, serve: S)
+    where
+        S: FnOnce(tokio::net::TcpStream) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len().max(1);
+        let (Some(worker), Ok(socket)) = (self.handles.get(i), stream.into_std()) else {
+            tracing::warn!("a connection could not be handed to a worker; closed");
+            return;
+        };
+        worker.spawn(async move {
+            match tokio::net::TcpStream::from_std(socket) {
+                Ok(stream) => serve(stream).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a worker could not take a connection; closed")
+                }
+            }
+        });
+    }
+
+    /// Ends every worker once the listener has drained, and waits for their threads.
+    pub async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
 /// Serves `listener` (with TLS when `tls` is given) until `shutdown` resolves, then
-/// drains connections for at most `limits.drain_timeout`. Never fails: accept errors
-/// are logged and retried.
+/// drains connections for at most `limits.drain_timeout`. Connections are served on
+/// this runtime, or on `workers` when given. Never fails: accept errors are logged and
+/// retried.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: Limits,
     tls: Option<TlsAcceptor>,
+    workers: Option<Arc<Workers>>,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -228,14 +342,18 @@ pub async fn serve<H, F, B>(
         };
         let (handler, tls) = (handler.clone(), tls.clone());
         let span = tracing::debug_span!("conn", %remote);
-        tokio::spawn(
+        let run = move |stream| {
             async move {
                 conn.handshake_and_run(stream, remote, tls, handler).await;
                 drop(ip_guard);
                 drop(permit);
             }
-            .instrument(span),
-        );
+            .instrument(span)
+        };
+        match &workers {
+            None => drop(tokio::spawn(run(stream))),
+            Some(w) => w.hand_over(stream, run),
+        }
     }
     drop(listener);
     drain(local, &phase_tx, &permits, max, limits.drain_timeout).await;
@@ -819,5 +937,114 @@ impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 2,
+            max_connections_per_ip: 100,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            max_header_bytes: 8192,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// One request on a new connection; the body of the answer.
+    async fn ask(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Connections go to the workers in turn and are served on their threads; the
+    /// connection limit is the listener's, for all workers together; a request in
+    /// flight at shutdown is finished on its worker before `serve` returns.
+    #[tokio::test]
+    async fn workers_serve_connections_in_turn_share_the_limit_and_drain() {
+        let workers = Arc::new(Workers::start(2, |_| {}).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        // "/slow" answers once the test lets it through.
+        let gate = Arc::new(Semaphore::new(0));
+        let handler_gate = Arc::clone(&gate);
+        let handler = move |req: Request<Incoming>, _conn: Arc<ConnInfo>| {
+            let gate = Arc::clone(&handler_gate);
+            async move {
+                if req.uri().path() == "/slow" {
+                    gate.acquire().await.unwrap().forget();
+                }
+                let thread = std::thread::current().name().unwrap_or("?").to_string();
+                Response::new(Full::new(bytes::Bytes::from(thread)))
+            }
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            limits(),
+            None,
+            Some(Arc::clone(&workers)),
+            handler,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let mut threads = Vec::new();
+        for _ in 0..4 {
+            threads.push(ask(addr, "/").await);
+        }
+        assert_eq!(
+            threads,
+            [
+                "keygate-worker-0",
+                "keygate-worker-1",
+                "keygate-worker-0",
+                "keygate-worker-1"
+            ]
+        );
+        // Two requests in flight take both slots (one on each worker): a third
+        // connection waits until one of them is answered.
+        let slow = [
+            tokio::spawn(ask(addr, "/slow")),
+            tokio::spawn(ask(addr, "/slow")),
+        ];
+        let third = tokio::spawn(ask(addr, "/"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !third.is_finished(),
+            "a third connection was served beyond max_connections"
+        );
+        gate.add_permits(1);
+        assert!(third.await.unwrap().starts_with("keygate-worker-"));
+        // Drain: shut down with a request in flight on a worker; it is answered.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = stop_tx.send(());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !server.is_finished(),
+            "serve returned with a request in flight"
+        );
+        gate.add_permits(1);
+        server.await.unwrap();
+        for s in slow {
+            assert!(s.await.unwrap().starts_with("keygate-worker-"));
+        }
+        let workers = Arc::into_inner(workers).expect("serve let go of the workers");
+        assert_eq!(workers.len(), 2);
+        workers.stop().await;
     }
 }

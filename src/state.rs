@@ -79,6 +79,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Rate-limit and quota state of this process (SPEC §8).
     pub limiters: Arc<crate::policy::Limiters>,
+    /// The runtime of the background tasks: work a request raises that must outlive
+    /// it (an event write) runs there, not on a proxy worker, which ends right after
+    /// the drain.
+    pub background: tokio::runtime::Handle,
 }
 
 impl Shared {

@@ -372,7 +372,10 @@ pub async fn spawn_gateway_with_clock(
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let (stop, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(gw.run(listeners, async move {
+    // As the binary: `proxy.workers` worker threads (unset: one per core), each with
+    // its own runtime, serve the proxy's connections.
+    let workers = keygate::Workers::for_config(config.proxy.workers, |_| {}).unwrap();
+    let task = tokio::spawn(gw.run_with_workers(listeners, workers, async move {
         let _ = stop_rx.await;
     }));
     TestGateway {
