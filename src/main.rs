@@ -129,9 +129,6 @@ const BLOCKING_THREADS: usize = 16;
 fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     let _log_guard = init_logging(format)?;
     let config = load(path)?;
-    let workers = config.proxy.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
     // This thread's runtime serves the admin listener, accepts the proxy's connections
     // and runs the background tasks. One worker: it also serves the proxy's
     // connections. More: each worker thread has its own runtime and serves the
@@ -148,10 +145,8 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let workers = match workers {
-        1 => None,
-        n => Some(Workers::start(n, configure).context("cannot start the worker threads")?),
-    };
+    let workers = Workers::for_config(config.proxy.workers, configure)
+        .context("cannot start the worker threads")?;
     rt.block_on(async move {
         // Installed before anything slow: SIGHUP's default action ends the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

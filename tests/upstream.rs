@@ -132,7 +132,11 @@ async fn sequential_requests_reuse_one_upstream_connection_per_worker() {
             assert_eq!(a.status, 200, "{}", a.text());
             assert_eq!(a.text(), "start end");
         }
-        assert_eq!(up.opened.load(Ordering::SeqCst), workers, "workers = {workers}");
+        assert_eq!(
+            up.opened.load(Ordering::SeqCst),
+            workers,
+            "workers = {workers}"
+        );
         gw.stop().await;
     }
 }
