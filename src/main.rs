@@ -125,6 +125,12 @@ fn init_logging(format: LogFormat) -> anyhow::Result<tracing_appender::non_block
 /// in tokio's queue instead. No blocking call waits for another, so a full pool cannot
 /// deadlock.
 const BLOCKING_THREADS: usize = 16;
+/// Threads for blocking calls of each proxy worker's runtime (with `workers` ≥ 2; the
+/// admin API's calls run on the main runtime's [`BLOCKING_THREADS`]). A worker's only
+/// blocking calls are store reads on a cache miss (after a reload changed the module
+/// list, say): a few per worker keep the process's total near 16 + 2 per core instead
+/// of 16 per core.
+const WORKER_BLOCKING_THREADS: usize = 2;
 
 fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     let _log_guard = init_logging(format)?;
@@ -134,19 +140,18 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     // connections. More: each worker thread has its own runtime and serves the
     // connections handed to it (thread per core, see keygate::Workers), with no work
     // stealing and no wake-ups across threads on the request path.
-    let configure = |b: &mut tokio::runtime::Builder| {
-        // Freed memory back to the system after a burst (see collect_when_idle).
-        b.on_thread_park(collect_when_idle)
-            .max_blocking_threads(BLOCKING_THREADS);
-    };
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    configure(&mut builder);
-    let rt = builder
+    // Freed memory back to the system after a burst (see collect_when_idle).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .on_thread_park(collect_when_idle)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let workers = Workers::for_config(config.proxy.workers, configure)
-        .context("cannot start the worker threads")?;
+    let workers = Workers::for_config(config.proxy.workers, |b| {
+        b.on_thread_park(collect_when_idle)
+            .max_blocking_threads(WORKER_BLOCKING_THREADS);
+    })
+    .context("cannot start the worker threads")?;
     rt.block_on(async move {
         // Installed before anything slow: SIGHUP's default action ends the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
