@@ -47,6 +47,12 @@ impl RateLimit {
         parse_duration(&self.per).map_or(1000, |d| d.as_millis() as u64)
     }
 
+    /// `<N>/<per>` with `per` as spelled in the token: the limit's name in the
+    /// `RateLimit-Policy` and `RateLimit` headers (SPEC §8).
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.requests, self.per)
+    }
+
     /// Parses the CLI form `100/1m`.
     pub fn parse_short(s: &str) -> Result<RateLimit, String> {
         let (n, per) = s
@@ -252,24 +258,14 @@ impl Policy {
             .map(|l| Limit {
                 requests: l.requests,
                 per_ms: l.per_ms(),
-                ratelimit_prefix: format!("\"{}/{}\";r=", l.requests, l.per)
-                    .into_bytes()
-                    .into(),
+                ratelimit_prefix: format!("\"{}\";r=", l.label()).into_bytes().into(),
             })
             .collect();
         let policy_header = (!rate_limits.is_empty())
             .then(|| {
                 let s: Vec<String> = rate_limits
                     .iter()
-                    .map(|l| {
-                        format!(
-                            "\"{}/{}\";q={};w={}",
-                            l.requests,
-                            l.per,
-                            l.requests,
-                            l.per_ms() / 1000
-                        )
-                    })
+                    .map(|l| format!("\"{}\";q={};w={}", l.label(), l.requests, l.per_ms() / 1000))
                     .collect();
                 POLICY_HEADERS.value(s.join(", "))
             })
@@ -298,7 +294,7 @@ impl Policy {
 static POLICY_HEADERS: Interned = Interned::new(INTERNED_POLICY_HEADERS);
 
 /// Most distinct `RateLimit-Policy` values kept as `'static` text.
-pub const INTERNED_POLICY_HEADERS: usize = 4096;
+const INTERNED_POLICY_HEADERS: usize = 4096;
 
 /// A bounded set of header values that live as long as the process.
 struct Interned {
