@@ -27,10 +27,10 @@ impl Drop for Proc {
 
 /// A configuration with both listeners on port 0: the bound addresses are read from
 /// the "keygate listening" log line.
-fn write_config(dir: &Path, upstream: &str) -> std::path::PathBuf {
+fn write_config(dir: &Path, upstream: &str, workers: usize) -> std::path::PathBuf {
     let path = dir.join("keygate.toml");
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n[store]\npath = {:?}\n{}",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n[store]\npath = {:?}\n{}",
         dir.join("admin.key").display().to_string(),
         dir.join("kg.redb").display().to_string(),
         module_toml("agreements", &["/public/v1/agreements"], upstream, "")
@@ -111,11 +111,30 @@ async fn serve(
     (proc, proxy, admin, lines)
 }
 
-async fn serve_round_trip(log_format: &str) -> Vec<String> {
+/// The names of the process's threads that serve proxy connections (`keygate-worker-N`,
+/// cut to 15 bytes by the kernel).
+#[cfg(target_os = "linux")]
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("keygate-worker"))
+        .count()
+}
+
+/// The binary on `workers` proxy workers: a request through the proxy, the admin
+/// health check, a slow request that SIGTERM lets finish, exit 0; the log lines.
+async fn serve_round_trip(log_format: &str, workers: usize) -> Vec<String> {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &up.url());
+    let cfg = write_config(dir.path(), &up.url(), workers);
     let (proc, proxy, admin, lines) = serve(&cfg, log_format).await;
+    // One worker is the main thread; more are threads of their own (thread per core).
+    #[cfg(target_os = "linux")]
+    assert_eq!(
+        worker_threads(proc.0.id()),
+        if workers == 1 { 0 } else { workers }
+    );
     let key = wait_for_file(&dir.path().join("admin.key")).await;
     #[cfg(unix)]
     {
@@ -171,7 +190,7 @@ async fn serve_round_trip(log_format: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_text_logs_one_line_per_request_and_drains_on_sigterm() {
-    let lines = serve_round_trip("text").await;
+    let lines = serve_round_trip("text", 1).await;
     let req: Vec<&String> = lines.iter().filter(|l| l.contains("slow")).collect();
     assert_eq!(req.len(), 1, "{lines:#?}");
     for field in [
@@ -193,7 +212,8 @@ async fn serve_text_logs_one_line_per_request_and_drains_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_json_logs_parse() {
-    let lines = serve_round_trip("json").await;
+    // On three worker threads: the drain waits for the request on its worker.
+    let lines = serve_round_trip("json", 3).await;
     let mut found = false;
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
@@ -310,7 +330,7 @@ fn env_overrides_reach_the_binary() {
 async fn concurrent_admin_writes_do_not_multiply_threads() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &up.url());
+    let cfg = write_config(dir.path(), &up.url(), 1);
     let (proc, _proxy, admin, _lines) = serve(&cfg, "text").await;
     let key = wait_for_file(&dir.path().join("admin.key")).await;
     let threads = || {
