@@ -2,18 +2,16 @@
 //! (SPEC §8). Plain data: no other module of the crate is used.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// An IPv4 or IPv6 network in CIDR form; host bits below the prefix are zero.
+/// An IPv4 or IPv6 network in CIDR form; host bits below the prefix are zero. Kept as
+/// 128-bit words ([`key`]): a match is one mask and one comparison (every request of a
+/// token with `allowed_ips`); the address and prefix length are read back from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
-    addr: IpAddr,
-    len: u8,
-    /// `addr` and its prefix as 128-bit words ([`key`]), worked out once: a match is
-    /// one mask and one comparison (every request of a token with `allowed_ips`).
     net: u128,
     mask: u128,
     v4: bool,
@@ -35,6 +33,9 @@ fn mask128(len: u32) -> u128 {
     u128::MAX.checked_shl(128 - len).unwrap_or(0)
 }
 
+/// Bits of an IPv4 address's 128-bit word ahead of the address (`::ffff:`).
+const V4_OFFSET: u32 = 96;
+
 impl Cidr {
     /// Parses `"10.0.0.0/8"`, `"2001:db8::/32"` or a bare address (a /32 or /128).
     /// Host bits set below the prefix (`"10.1.2.3/8"`) are refused.
@@ -54,27 +55,35 @@ impl Cidr {
                 _ => return Err(format!("{:?}: the prefix length must be 0-{max}", short(s))),
             },
         };
-        let network = network(addr, len);
-        if network != addr {
+        let (word, v4) = key(addr);
+        let offset = if v4 { V4_OFFSET } else { 0 };
+        let mask = mask128(offset + u32::from(len));
+        let c = Cidr {
+            net: word & mask,
+            mask,
+            v4,
+        };
+        if c.net != word {
             return Err(format!(
-                "{:?} has host bits set below /{len} (did you mean {}/{len}?)",
-                short(s),
-                network
+                "{:?} has host bits set below /{len} (did you mean {c}?)",
+                short(s)
             ));
         }
-        let (net, v4) = key(addr);
-        let bits = if v4 {
-            96 + u32::from(len)
-        } else {
-            u32::from(len)
-        };
-        Ok(Cidr {
-            addr,
-            len,
-            net,
-            mask: mask128(bits),
-            v4,
-        })
+        Ok(c)
+    }
+
+    /// The network's address.
+    fn addr(&self) -> IpAddr {
+        let a = Ipv6Addr::from(self.net);
+        match a.to_ipv4_mapped() {
+            Some(v4) if self.v4 => IpAddr::V4(v4),
+            _ => IpAddr::V6(a),
+        }
+    }
+
+    /// The prefix length, in the address family's own bits.
+    fn prefix_len(&self) -> u32 {
+        self.mask.count_ones() - if self.v4 { V4_OFFSET } else { 0 }
     }
 
     /// Whether `ip` is inside (an IPv4-mapped IPv6 address counts as its IPv4 form).
@@ -84,17 +93,6 @@ impl Cidr {
 
     fn contains_key(&self, (ip, v4): (u128, bool)) -> bool {
         v4 == self.v4 && ip & self.mask == self.net
-    }
-}
-
-/// `addr` with the bits below a `len`-bit prefix cleared.
-fn network(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(u32::from(len))).into()),
     }
 }
 
@@ -108,7 +106,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
+        write!(f, "{}/{}", self.addr(), self.prefix_len())
     }
 }
 
@@ -189,6 +187,13 @@ mod tests {
         assert!(!one.contains("::ffff:192.0.2.8".parse().unwrap()));
         assert!(any_contains(&[one, c], "::ffff:192.0.2.7".parse().unwrap()));
         assert!(!any_contains(&[], "192.0.2.7".parse().unwrap()));
+        for (bad, meant) in [
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("2001:db8::1/32", "2001:db8::/32"),
+        ] {
+            let e = Cidr::parse(bad).unwrap_err();
+            assert!(e.contains(&format!("did you mean {meant}?")), "{e}");
+        }
         for bad in [
             "10.1.2.3/8",
             "10.0.0.0/33",
@@ -206,15 +211,20 @@ mod tests {
     /// The 128-bit match agrees with matching each family in its own width.
     #[test]
     fn wide_match_agrees_with_per_family_match() {
-        let by_family = |c: &Cidr, ip: IpAddr| match (c.addr, canonical(ip)) {
+        let v4_mask = |len: u32| u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        let by_family = |c: &Cidr, ip: IpAddr| match (c.addr(), canonical(ip)) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let m = u32::MAX.checked_shl(32 - u32::from(c.len)).unwrap_or(0);
-                u32::from(a) & m == u32::from(n)
+                u32::from(a) & v4_mask(c.prefix_len()) == u32::from(n)
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                u128::from(a) & mask128(c.len.into()) == u128::from(n)
+                u128::from(a) & mask128(c.prefix_len()) == u128::from(n)
             }
             _ => false,
+        };
+        // `addr` with the bits below a `len`-bit prefix cleared, in its own width.
+        let network = |addr: IpAddr, len: u32| match addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & v4_mask(len)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(len)).into()),
         };
         let v4: [IpAddr; 4] = [
             "10.1.2.3".parse().unwrap(),
@@ -233,7 +243,7 @@ mod tests {
                     if len > max {
                         continue;
                     }
-                    let addr = network(base, len as u8);
+                    let addr = network(base, len);
                     let c = Cidr::parse(&format!("{addr}/{len}")).unwrap();
                     assert_eq!(c.contains(*ip), by_family(&c, *ip), "{c} {ip}");
                 }

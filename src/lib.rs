@@ -221,19 +221,11 @@ impl Gateway {
     }
 
     /// Serves both listeners until `shutdown` resolves, then drains in-flight requests
-    /// and flushes the statistics before returning. Everything runs on this runtime.
+    /// and flushes the statistics before returning. The proxy's connections are served
+    /// on `workers` when given (thread per core, [`Workers::for_config`]), else on this
+    /// runtime; the admin listener and the background tasks run here. The workers end
+    /// after the proxy listener has drained.
     pub async fn run(
-        self,
-        listeners: Listeners,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) {
-        self.run_with_workers(listeners, None, shutdown).await;
-    }
-
-    /// [`Gateway::run`] with the proxy's connections served on `workers` (thread per
-    /// core, `proxy.workers` ≥ 2); the admin listener and the background tasks stay on
-    /// this runtime. The workers end after the proxy listener has drained.
-    pub async fn run_with_workers(
         self,
         listeners: Listeners,
         workers: Option<server::Workers>,

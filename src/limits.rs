@@ -313,12 +313,13 @@ impl Interned {
     /// `text` as a header value (`None`: not a valid one): the kept copy when there is
     /// one or room for one, else a shared value.
     fn value(&self, text: String) -> Option<HeaderValue> {
-        // Checked first: `from_static` panics on bytes a header value may not hold.
-        let shared = HeaderValue::from_str(&text).ok()?;
         let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(kept) = values.get(text.as_str()) {
             return Some(HeaderValue::from_static(kept));
         }
+        // Checked before it is kept: `from_static` panics on bytes a header value may
+        // not hold.
+        let shared = HeaderValue::from_str(&text).ok()?;
         if values.len() >= self.max {
             return Some(shared);
         }

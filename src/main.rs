@@ -139,8 +139,8 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
     // and runs the background tasks. One worker: it also serves the proxy's
     // connections. More: each worker thread has its own runtime and serves the
     // connections handed to it (thread per core, see keygate::Workers), with no work
-    // stealing and no wake-ups across threads on the request path.
-    // Freed memory back to the system after a burst (see collect_when_idle).
+    // stealing and no wake-ups across threads on the request path. Each runtime gives
+    // freed memory back to the system after a burst (see collect_when_idle).
     let rt = tokio::runtime::Builder::new_current_thread()
         .on_thread_park(collect_when_idle)
         .max_blocking_threads(BLOCKING_THREADS)
@@ -172,9 +172,7 @@ fn serve(path: &std::path::Path, format: LogFormat) -> anyhow::Result<()> {
             "keygate listening"
         );
         tokio::spawn(reload_on_hangup(hangups, gateway.reload_handle()));
-        gateway
-            .run_with_workers(listeners, workers, shutdown_signal())
-            .await;
+        gateway.run(listeners, workers, shutdown_signal()).await;
         anyhow::Ok(())
     })
 }

@@ -46,6 +46,7 @@ impl Upstreams {
         let mut system: Option<Arc<rustls::ClientConfig>> = None;
         let mut by_ca: Vec<(PathBuf, Arc<rustls::ClientConfig>)> = Vec::new();
         let mut pools = Vec::with_capacity(config.modules.len());
+        let workers = crate::server::worker_count(config.proxy.workers);
         for m in &config.modules {
             let tls = if !m.upstream.https {
                 None
@@ -70,7 +71,7 @@ impl Upstreams {
                 system.clone()
             };
             pools.push(
-                Pool::new(m.upstream.clone(), tls, m.max_upstream_connections)
+                Pool::new(m.upstream.clone(), tls, m.max_upstream_connections, workers)
                     .map_err(|e| format!("module {:?}: {e}", m.name))?,
             );
         }

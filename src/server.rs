@@ -22,6 +22,7 @@
 //! With [`Workers`] (thread per core), the accept loop hands each connection to one
 //! worker thread, and the connection is served there from then on.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -174,10 +175,29 @@ enum Phase {
     Closing,
 }
 
+/// How many threads serve the proxy's connections for `proxy.workers` (unset: one per
+/// core).
+pub fn worker_count(workers: Option<usize>) -> usize {
+    workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+thread_local! {
+    /// This thread's number among the [`Workers`] (0 on any other thread).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The number of the worker thread this runs on, `0..worker_count` (0 outside the
+/// workers): what per-worker state, the upstream pool's idle stacks, is indexed by.
+pub fn worker_index() -> usize {
+    WORKER.get()
+}
+
 /// Worker threads that serve a listener's connections (thread per core): each runs its
 /// own current-thread runtime. The accept loop hands every connection to the next
 /// worker in turn, and everything of that connection — its requests, the upstream
-/// connections they use (the upstream pool keeps idle connections per thread), its
+/// connections they use (the upstream pool keeps an idle stack per worker), its
 /// timers — stays on that thread: no work stealing, no wake-ups across threads on the
 /// request path. Limits, drain and the connection count stay the accept loop's, for
 /// all workers together.
@@ -214,6 +234,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("keygate-worker-{i}"))
                 .spawn(move || {
+                    WORKER.set(i);
                     let _ = rt.block_on(stopped);
                 })?;
             workers.threads.push(thread);
@@ -221,19 +242,16 @@ impl Workers {
         Ok(workers)
     }
 
-    /// The workers `proxy.workers` asks for (unset: one per core): `None` for one, as
+    /// The workers `proxy.workers` asks for ([`worker_count`]): `None` for one, as
     /// that one is the calling runtime's thread.
     pub fn for_config(
         workers: Option<usize>,
         configure: impl Fn(&mut tokio::runtime::Builder),
     ) -> std::io::Result<Option<Workers>> {
-        let n = workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
-        if n <= 1 {
-            return Ok(None);
+        match worker_count(workers) {
+            1 => Ok(None),
+            n => Workers::start(n, configure).map(Some),
         }
-        Workers::start(n, configure).map(Some)
     }
 
     /// Serves a connection on the next worker: the socket leaves this runtime's

@@ -15,7 +15,6 @@
 //! the module at its limit waits until a connection is returned or one closes; the
 //! caller bounds the wait with the module's `timeout` (504 `UPSTREAM_TIMEOUT`).
 
-use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -41,8 +40,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TICKS: u32 = 3;
 /// How often idle connections are looked at.
 const TICK: Duration = Duration::from_secs(1);
-/// Idle stacks per pool (worker threads map onto them by a per-thread number).
-const MAX_SHARDS: usize = 64;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -96,21 +93,9 @@ impl<B> std::fmt::Debug for Pool<B> {
     }
 }
 
-thread_local! {
-    /// This thread's idle stack in every pool.
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
+/// This thread's idle stack in a pool of `n`: the worker's own (see [`Pool::new`]).
 fn shard_index(n: usize) -> usize {
-    SHARD.with(|s| {
-        let mut i = s.get();
-        if i == usize::MAX {
-            i = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
-            s.set(i);
-        }
-        i % n
-    })
+    crate::server::worker_index() % n
 }
 
 impl<B> Pool<B>
@@ -119,12 +104,15 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// A pool for `upstream` with at most `max_connections` open connections; `tls`
-    /// is required for an `https://` upstream.
+    /// A pool for `upstream` with at most `max_connections` open connections, and one
+    /// idle stack for each of `workers` worker threads ([`crate::server::worker_index`]):
+    /// a connection is created, driven and reused on one worker. `tls` is required for
+    /// an `https://` upstream.
     pub fn new(
         upstream: Upstream,
         tls: Option<Arc<rustls::ClientConfig>>,
         max_connections: usize,
+        workers: usize,
     ) -> Result<Arc<Pool<B>>, String> {
         let tls = match (upstream.https, tls) {
             (false, _) => None,
@@ -138,15 +126,14 @@ where
                 Some((TlsConnector::from(cfg), name))
             }
         };
-        let shards = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, MAX_SHARDS);
         let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Ok(Arc::new(Pool {
             upstream,
             tls,
             permits: Arc::new(Semaphore::new(max_connections)),
-            shards: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             waiting: AtomicUsize::new(0),
             returned: Notify::new(),
             tick: AtomicU32::new(0),

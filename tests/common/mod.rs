@@ -375,7 +375,7 @@ pub async fn spawn_gateway_with_clock(
     // As the binary: `proxy.workers` worker threads (unset: one per core), each with
     // its own runtime, serve the proxy's connections.
     let workers = keygate::Workers::for_config(config.proxy.workers, |_| {}).unwrap();
-    let task = tokio::spawn(gw.run_with_workers(listeners, workers, async move {
+    let task = tokio::spawn(gw.run(listeners, workers, async move {
         let _ = stop_rx.await;
     }));
     TestGateway {
