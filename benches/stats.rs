@@ -5,6 +5,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use jiff::Timestamp;
 use keygate::config::Config;
 use keygate::metrics::{Class, Metrics};
 use keygate::stats::{Stats, SystemClock};
@@ -58,7 +59,8 @@ fn bench_record(c: &mut Criterion) {
         );
         let modules = Arc::new(metrics.modules(&config));
         let slot = modules.slot(Some(0));
-        let id = TokenId::new(160_984_311);
+        // The request's clock read is the auth phase's (gateway::proxy_request).
+        let id = TokenId::new(160_984_311).map(|id| (id, Timestamp::now()));
         // First sight (allocates the entry and its metric children) outside the loop.
         stats.record(id, &modules, slot, Class::Success);
         g.bench_function(name, |b| {
@@ -83,7 +85,7 @@ fn bench_record(c: &mut Criterion) {
     });
     // The whole per-request accounting of gateway::handle: latency histogram + record.
     let slot = modules.slot(Some(0));
-    let id = TokenId::new(160_984_312);
+    let id = TokenId::new(160_984_312).map(|id| (id, Timestamp::now()));
     g.bench_function("known_token_with_histogram", |b| {
         b.iter(|| {
             modules.observe_duration(slot, std::time::Duration::from_micros(250));

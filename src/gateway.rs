@@ -33,8 +33,9 @@ struct Ctx {
     path: Option<NormalPath>,
     /// The module the path maps to (request_filter).
     module: Option<usize>,
-    /// The token that presented its correct secret (authenticate).
-    token: Option<TokenId>,
+    /// The token that presented its correct secret, and the request's one wall-clock
+    /// read (authenticate): statistics count the request on that day.
+    token: Option<(TokenId, Timestamp)>,
     /// `RateLimit-Policy` and `RateLimit` for the answer (upstream_peer, tokens with
     /// rate limits).
     ratelimit: Option<(HeaderValue, HeaderValue)>,
@@ -82,13 +83,13 @@ async fn proxy_request(
     // order of the checks (SPEC §2) is upstream_peer's.
     ctx.module = rt.routes.lookup(path);
     let presented = auth::presented_in(scan.authorizations, scan.authorization.as_ref());
-    // One clock read for the grace period of a previous secret, the expiry and the
-    // rate limits.
-    let now = Timestamp::now();
+    // One wall-clock read for the grace period of a previous secret, the expiry, the
+    // rate limits and the statistics day: the gateway's clock, which statistics count by.
+    let now = shared.stats.clock().now();
     let (cache, store) = (&shared.cache, &shared.store);
     let entry =
         auth::authenticate_presented(presented, cache, store, &rt.config, now.as_second()).await?;
-    ctx.token = Some(entry.id);
+    ctx.token = Some((entry.id, now));
     auth::check_usable(&entry, now.as_second())?;
     let peer = upstream_peer(
         shared,
@@ -110,6 +111,7 @@ async fn proxy_request(
         &entry,
         conn,
         exchange.request_id(),
+        exchange.started(),
         rt.config.proxy.body_read_timeout,
     )?;
     let res = proxy::send(&rt.upstreams, &peer, upstream_req).await?;
@@ -266,7 +268,7 @@ fn logging(
     result: Result<Response<ResBody>, ApiError>,
 ) -> Response<ResBody> {
     let line = Line {
-        token: ctx.token,
+        token: ctx.token.map(|(id, _)| id),
         module: Some(
             ctx.module
                 .and_then(|i| rt.config.modules.get(i))

@@ -63,6 +63,12 @@ impl Exchange {
         }
     }
 
+    /// When the request started (the exchange's one monotonic clock read before the
+    /// answer).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The request id (forwarded upstream, returned to the client).
     pub fn request_id(&self) -> &HeaderValue {
         &self.request_id

@@ -95,7 +95,8 @@ pub struct Peer<'a> {
 /// early when the declared body is too large, the normalised path with the query as
 /// sent, the module's upstream as the target, HTTP/1.1, the header policy of
 /// [`filter_request_headers`], and the body wrapped to stop at `max_body_bytes`.
-/// `scan` is [`headers::scan`] of the request's headers.
+/// `scan` is [`headers::scan`] of the request's headers; `started` is when the request
+/// started, the epoch of the body's read timing (one clock read fewer per request).
 #[allow(clippy::too_many_arguments)]
 pub fn upstream_request_filter(
     mut req: Request<Incoming>,
@@ -105,6 +106,7 @@ pub fn upstream_request_filter(
     entry: &AuthEntry,
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    started: std::time::Instant,
     body_read_timeout: Duration,
 ) -> Result<Request<LimitedBody>, ApiError> {
     let module = peer.module;
@@ -135,7 +137,7 @@ pub fn upstream_request_filter(
     Ok(req.map(|body| LimitedBody {
         inner: body,
         remaining: module.max_body_bytes,
-        watch: Arc::new(BodyWatch::new()),
+        watch: Arc::new(BodyWatch::new(Instant::from_std(started))),
         read_timeout: body_read_timeout,
         stall: None,
         waiting: false,
@@ -428,9 +430,10 @@ pub struct BodyWatch {
 const ON_CLIENT: u64 = 1 << 63;
 
 impl BodyWatch {
-    fn new() -> BodyWatch {
+    /// A watch whose turns are timed from `epoch` (the request's start: no clock read).
+    fn new(epoch: Instant) -> BodyWatch {
         BodyWatch {
-            epoch: Instant::now(),
+            epoch,
             turn: AtomicU64::new(0),
             failure: AtomicU8::new(0),
         }

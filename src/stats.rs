@@ -248,19 +248,21 @@ impl Stats {
     }
 
     /// Counts one response: `token` is the request's token if it presented a known id
-    /// with its correct secret; `slot` is the module slot of `modules`.
+    /// with its correct secret, with the time it did so by [`Stats::clock`] (the
+    /// request's one clock read: it is counted on that day); `slot` is the module slot
+    /// of `modules`.
     pub fn record(
         &self,
-        token: Option<TokenId>,
+        token: Option<(TokenId, Timestamp)>,
         modules: &Arc<ModuleMetrics>,
         slot: usize,
         class: Class,
     ) {
-        let Some(id) = token else {
+        let Some((id, at)) = token else {
             modules.inc_shared(&self.metrics, true, slot, class);
             return;
         };
-        let now = self.clock.now().as_second();
+        let now = at.as_second();
         let key = id.number();
         if let Some(entry) = self.tokens.get(&key) {
             self.count(id, &entry, now, modules, slot, class);
@@ -738,13 +740,13 @@ mod tests {
         let (stats, modules, clock, metrics) = setup(1);
         let ids: Vec<_> = (1..=3).map(|n| TokenId::new(n * 1000).unwrap()).collect();
         for id in &ids {
-            stats.record(Some(*id), &modules, 0, Class::Success);
+            stats.record(Some((*id, clock.now())), &modules, 0, Class::Success);
         }
         clock.advance(Duration::from_secs(3600));
         // Each token's first request of the new day evicts yesterday's count; only one
         // (token, day) row fits in pending.
         for id in &ids {
-            stats.record(Some(*id), &modules, 0, Class::Success);
+            stats.record(Some((*id, clock.now())), &modules, 0, Class::Success);
         }
         assert_eq!(metrics.stats_dropped.get(), 2);
         assert_eq!(stats.unflushed(), 4);

@@ -613,6 +613,34 @@ async fn day_rollover_with_injected_clock() {
     gw.stop().await;
 }
 
+/// A request counts on the UTC day it was authenticated on (its one clock read), even
+/// when its upstream answers after midnight (docs/stats.md).
+#[tokio::test]
+async fn a_request_in_flight_at_midnight_counts_on_the_day_it_arrived() {
+    let up = spawn_upstream().await;
+    let clock = Arc::new(ManualClock::new("2024-03-01T23:59:59Z".parse().unwrap()));
+    let gw = spawn_gateway_with_clock(
+        &agreements(&up, "[stats]\nflush_interval = \"50ms\""),
+        tempfile::tempdir().unwrap(),
+        clock.clone(),
+    )
+    .await;
+    let (id, key) = gw.token(&["agreements"]).await;
+    let url = gw.url("/public/v1/agreements/x?sleep_ms=600");
+    let slow = tokio::spawn(async move { get(&url, Some(&key)).await.status.as_u16() });
+    // Midnight passes while the upstream holds the answer.
+    assert!(eventually(Duration::from_secs(5), async || up.arrived() == 1).await);
+    clock.set("2024-03-02T00:00:01Z".parse().unwrap());
+    assert_eq!(slow.await.unwrap(), 200);
+    let v = stats(&gw, id, "?days=2").await;
+    let days = v["days"].as_array().unwrap();
+    assert_eq!(days[0]["date"], "2024-03-01", "{v}");
+    assert_eq!(days[0]["2xx"], 1, "{v}");
+    assert_eq!(days[1]["date"], "2024-03-02", "{v}");
+    assert_eq!(days[1]["2xx"], 0, "{v}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn days_older_than_retention_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
