@@ -563,10 +563,11 @@ async fn every_class_counts_exactly_in_stats_and_metrics() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn day_rollover_with_injected_clock() {
+/// An upstream, a gateway on a hand-set clock standing at `at` (statistics flushed every
+/// 50 ms) and a token for agreements.
+async fn gateway_at(at: &str) -> (TestUpstream, Arc<ManualClock>, TestGateway, TokenId, String) {
     let up = spawn_upstream().await;
-    let clock = Arc::new(ManualClock::new("2024-03-01T23:59:58Z".parse().unwrap()));
+    let clock = Arc::new(ManualClock::new(at.parse().unwrap()));
     let gw = spawn_gateway_with_clock(
         &agreements(&up, "[stats]\nflush_interval = \"50ms\""),
         tempfile::tempdir().unwrap(),
@@ -574,6 +575,12 @@ async fn day_rollover_with_injected_clock() {
     )
     .await;
     let (id, key) = gw.token(&["agreements"]).await;
+    (up, clock, gw, id, key)
+}
+
+#[tokio::test]
+async fn day_rollover_with_injected_clock() {
+    let (_up, clock, gw, id, key) = gateway_at("2024-03-01T23:59:58Z").await;
     for _ in 0..2 {
         assert_eq!(hit(&gw, "/public/v1/agreements/x", Some(&key)).await, 200);
     }
@@ -617,15 +624,7 @@ async fn day_rollover_with_injected_clock() {
 /// when its upstream answers after midnight (docs/stats.md).
 #[tokio::test]
 async fn a_request_in_flight_at_midnight_counts_on_the_day_it_arrived() {
-    let up = spawn_upstream().await;
-    let clock = Arc::new(ManualClock::new("2024-03-01T23:59:59Z".parse().unwrap()));
-    let gw = spawn_gateway_with_clock(
-        &agreements(&up, "[stats]\nflush_interval = \"50ms\""),
-        tempfile::tempdir().unwrap(),
-        clock.clone(),
-    )
-    .await;
-    let (id, key) = gw.token(&["agreements"]).await;
+    let (up, clock, gw, id, key) = gateway_at("2024-03-01T23:59:59Z").await;
     let url = gw.url("/public/v1/agreements/x?sleep_ms=600");
     let slow = tokio::spawn(async move { get(&url, Some(&key)).await.status.as_u16() });
     // Midnight passes while the upstream holds the answer.
