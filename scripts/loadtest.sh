@@ -10,6 +10,10 @@
 #   pinned (wrk and the upstream then compete with the proxy for the cores).
 #   KEYGATE_BIN=PATH: a keygate binary to measure instead of building this tree's
 #   (comparing builds); SKIP_BUILD=1 uses target/release as it is.
+#   COMPARE=PATH: a second keygate build, measured as "keygate_b" in the same rounds
+#   (right after keygate, on a copy of its store: the same tokens and keys), and the
+#   median ratio keygate_b / keygate printed; the way to tell changes of a few per cent
+#   apart on a noisy machine (not with CALLGRIND).
 #   CALLGRIND=N: instead of wrk rounds, run each proxy under valgrind's callgrind for N
 #   requests after a warm-up and print user-space instructions per request, all threads
 #   and on the first thread (keygate's runtime with workers = 1; noise-free;
@@ -38,6 +42,9 @@ TOKENS=${TOKENS:-10000}
 PER_TOKEN=${PER_TOKEN:-true}
 WORKERS=${WORKERS:-1}
 CALLGRIND=${CALLGRIND:-}
+COMPARE=${COMPARE:-}
+[ -z "$COMPARE" ] || [ -z "$CALLGRIND" ] || { echo "COMPARE does not go with CALLGRIND" >&2; exit 2; }
+[ -z "$COMPARE" ] || [ -x "$COMPARE" ] || { echo "COMPARE=$COMPARE is not an executable" >&2; exit 2; }
 KEEP=${KEEP:-/tmp/keygate-callgrind}
 POLICY=${POLICY:-0}
 
@@ -109,6 +116,21 @@ print("\n".join(keys))
 PY
 [ "$(wc -l < "$WORK/keys")" -eq "$TOKENS" ] || { echo "token creation failed"; exit 1; }
 
+# --- COMPARE: the second build serves a copy of the first's store, taken while the
+# first is stopped (a clean copy), then both run side by side.
+TARGETS="keygate:$KG:KGPID"
+if [ -n "$COMPARE" ]; then
+  kill "$KGPID"; wait "$KGPID" 2>/dev/null || true
+  cp "$WORK/keygate.redb" "$WORK/keygate-b.redb"
+  start_keygate "$WORK/keygate.toml" "${PIN_PROXY[@]}" "$KEYGATE"
+  KGB=$(free_port); KGBA=$(free_port)
+  sed -e "s/127.0.0.1:$KG\"/127.0.0.1:$KGB\"/" -e "s/127.0.0.1:$KGA\"/127.0.0.1:$KGBA\"/" \
+    -e "s|keygate.redb|keygate-b.redb|" "$WORK/keygate.toml" > "$WORK/keygate-b.toml"
+  spawn env KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$COMPARE" serve --config "$WORK/keygate-b.toml" > "$WORK/keygate-b.log" 2>&1
+  KGBPID=$!
+  TARGETS="$TARGETS keygate_b:$KGB:KGBPID"
+fi
+
 # --- the bare hyper proxy: the same keys, the same job, nothing else.
 spawn "${PIN_PROXY[@]}" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" "$WORK/keys" "$WORKERS" > "$WORK/bare.log" 2>&1; BPPID=$!
 
@@ -164,7 +186,8 @@ sleep 0.5
   echo 'request = function() i = (i % #keys) + 1; return wrk.format("GET", "/public/v1/agreements/AGR-1", {["Authorization"] = "ApiKey " .. keys[i]}) end'
 } > "$WORK/keys.lua"
 
-for port in "$KG" "$BP" "$NG"; do
+for port in "$KG" ${KGB:+"$KGB"} "$BP" "$NG"; do
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/agreements/x")
   [ "$code" = 200 ] || { echo "warm-up against port $port answered $code"; exit 1; }
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/billing/x")
@@ -263,16 +286,18 @@ PY
 }
 
 [ -n "$CALLGRIND" ] || wait_idle "$KGPID"
+[ -z "$COMPARE" ] || wait_idle "$KGBPID"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); workers $WORKERS; pinned: ${PIN_PROXY[*]:-no}"
-printf '%-5s %-8s %8s %7s %7s %5s %9s\n' round target "req/s" p50_ms p99_ms cpu% "req/s/core"
+printf '%-5s %-9s %8s %7s %7s %5s %9s\n' round target "req/s" p50_ms p99_ms cpu% "req/s/core"
 : > "$WORK/results"
 for r in $(seq "$ROUNDS"); do
-  for t in keygate:$KG:$KGPID bare:$BP:$BPPID nginx:$NG:$NGPID; do
-    IFS=: read -r name port pid <<< "$t"
+  for t in $TARGETS bare:$BP:BPPID nginx:$NG:NGPID; do
+    IFS=: read -r name port pidvar <<< "$t"
+    pid=${!pidvar}
     read -r rps p50 p99 bad cpu < <(run "$port" "$pid")
     [ "$bad" = 0 ] || echo "warning: $name answered $bad non-2xx"
     per=$(python3 -c "print(round($rps / max($cpu, 1) * 100))")
-    printf '%-5s %-8s %8s %7s %7s %5s %9s\n' "$r" "$name" "$rps" "$p50" "$p99" "$cpu" "$per"
+    printf '%-5s %-9s %8s %7s %7s %5s %9s\n' "$r" "$name" "$rps" "$p50" "$p99" "$cpu" "$per"
     echo "$name $rps $p50 $p99 $cpu $per" >> "$WORK/results"
   done
 done
@@ -286,9 +311,16 @@ for line in open(sys.argv[1]):
 med = {n: [statistics.median(c) for c in zip(*r)] for n, r in rows.items()}
 print("median   target    req/s  p50_ms  p99_ms  cpu%  req/s/core")
 for n, (rps, p50, p99, cpu, per) in med.items():
-    print(f"median   {n:<8} {rps:6.0f}  {p50:6.3f}  {p99:6.3f}  {cpu:4.0f}  {per:9.0f}")
+    print(f"median   {n:<9} {rps:6.0f}  {p50:6.3f}  {p99:6.3f}  {cpu:4.0f}  {per:9.0f}")
 k, b, g = med["keygate"], med["bare"], med["nginx"]
 print(f"keygate/nginx per core {k[4]/g[4]:.2f}  keygate/bare per core {k[4]/b[4]:.2f}  "
       f"p50 keygate/nginx {k[1]/g[1]:.2f}  p99 keygate/nginx {k[2]/g[2]:.2f}")
+if "keygate_b" in rows:
+    # Round by round as well: the rounds of one run move by more than most changes.
+    pairs = [kb[4] / ka[4] for ka, kb in zip(rows["keygate"], rows["keygate_b"])]
+    kb = med["keygate_b"]
+    print(f"keygate_b/keygate per core {kb[4]/k[4]:.3f} (rounds: "
+          + " ".join(f"{x:.3f}" for x in pairs)
+          + f")  p50 {kb[1]/k[1]:.2f}  p99 {kb[2]/k[2]:.2f}")
 PY
 echo "keygate RSS: $(awk '/VmRSS/{print $2" "$3}' /proc/$KGPID/status)"
