@@ -114,12 +114,7 @@ async fn proxy_request(
         exchange.started(),
         rt.config.proxy.body_read_timeout,
     )?;
-    // Boxed: the send's future (~1.75 KB) would otherwise sit in the connection's
-    // in-flight slot, which with many connections in flight is cold when a request
-    // starts; a fresh allocation is usually the block the last answered request freed,
-    // still in cache. Measured (issue 13, docs/performance.md): +4.7 % requests/s over
-    // 7 interleaved runs, though callgrind counts ~400 more instructions.
-    let res = Box::pin(proxy::send(&rt.upstreams, &peer, upstream_req)).await?;
+    let res = proxy::send(&rt.upstreams, &peer, upstream_req).await?;
     Ok(proxy::response_filter(res, version))
 }
 
