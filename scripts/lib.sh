@@ -89,11 +89,12 @@ wait_for_file() {
 }
 
 # start_keygate CONFIG [PREFIX...] BIN: `BIN serve --config CONFIG` with KEYGATE_LOG=warn
-# (PREFIX: e.g. taskset -c 0, or env LD_PRELOAD=…), log in $WORK/keygate.log, PID in
-# $KGPID; waits up to 10 s for the bootstrap admin key in $WORK/admin.key.
+# (PREFIX: e.g. taskset -c 0, or env LD_PRELOAD=…), log beside CONFIG (keygate.toml →
+# keygate.log), PID in $KGPID; waits up to 10 s for the bootstrap admin key in
+# $WORK/admin.key (at once when it is already there: then the caller waits for the port).
 start_keygate() {
   local config=$1; shift
-  spawn env KEYGATE_LOG=warn "$@" serve --config "$config" > "$WORK/keygate.log" 2>&1
+  spawn env KEYGATE_LOG=warn "$@" serve --config "$config" > "${config%.toml}.log" 2>&1
   KGPID=$!
   wait_for_file "$WORK/admin.key" || true
 }

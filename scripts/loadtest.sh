@@ -122,12 +122,12 @@ TARGETS="keygate:$KG:KGPID"
 if [ -n "$COMPARE" ]; then
   kill "$KGPID"; wait "$KGPID" 2>/dev/null || true
   cp "$WORK/keygate.redb" "$WORK/keygate-b.redb"
-  start_keygate "$WORK/keygate.toml" "${PIN_PROXY[@]}" "$KEYGATE"
   KGB=$(free_port); KGBA=$(free_port)
   sed -e "s/127.0.0.1:$KG\"/127.0.0.1:$KGB\"/" -e "s/127.0.0.1:$KGA\"/127.0.0.1:$KGBA\"/" \
     -e "s|keygate.redb|keygate-b.redb|" "$WORK/keygate.toml" > "$WORK/keygate-b.toml"
-  spawn env KEYGATE_LOG=warn "${PIN_PROXY[@]}" "$COMPARE" serve --config "$WORK/keygate-b.toml" > "$WORK/keygate-b.log" 2>&1
-  KGBPID=$!
+  start_keygate "$WORK/keygate-b.toml" "${PIN_PROXY[@]}" "$COMPARE"
+  KGBPID=$KGPID
+  start_keygate "$WORK/keygate.toml" "${PIN_PROXY[@]}" "$KEYGATE"
   TARGETS="$TARGETS keygate_b:$KGB:KGBPID"
 fi
 
@@ -187,6 +187,8 @@ sleep 0.5
 } > "$WORK/keys.lua"
 
 for port in "$KG" ${KGB:+"$KGB"} "$BP" "$NG"; do
+  # Up first: a keygate started on a store that already has its admin key (COMPARE)
+  # does not wait in start_keygate.
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: ApiKey $(head -1 "$WORK/keys")" "http://127.0.0.1:$port/public/v1/agreements/x")
   [ "$code" = 200 ] || { echo "warm-up against port $port answered $code"; exit 1; }

@@ -101,7 +101,8 @@ impl Gateway {
         Gateway::start_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    /// [`Gateway::start`] with the clock the statistics use (tests move it by hand).
+    /// [`Gateway::start`] with the clock the request path and the statistics use: a
+    /// request's expiry check, rate limits and statistics day (tests move it by hand).
     pub async fn start_with_clock(
         config: Config,
         clock: Arc<dyn Clock>,

@@ -237,7 +237,8 @@ impl Stats {
         self
     }
 
-    /// The clock the counters use.
+    /// The clock the counters use, and the request path's one wall-clock read
+    /// (`gateway::proxy_request`), so that a request counts on the day it was checked on.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
